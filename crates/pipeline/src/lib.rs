@@ -1,0 +1,52 @@
+//! The product's jobs, end to end, on the engine: today `featurize` (images →
+//! CNN features in Parquet); later the PCA and classifier stages.
+//!
+//! - [`featurize`]: list, featurize on the engine, write `features/` and `errors/`.
+//! - [`output`]: the output folder layout and its commit rule (`_SUCCESS` last).
+//! - [`bench`]: the featurize benchmark behind `fruits bench featurize`.
+//!
+//! Jobs report progress through [`Progress`], so the binary decides how it shows.
+
+pub mod bench;
+pub mod featurize;
+pub mod output;
+
+pub use featurize::{FeaturizeJob, Summary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Dataset(#[from] fruits_dataset::Error),
+    #[error(transparent)]
+    Backbone(#[from] fruits_backbone::Error),
+    #[error(transparent)]
+    Engine(#[from] fruits_engine::Error),
+    #[error("engine: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error("no images (*.jpg, *.jpeg, *.png) found under {0}")]
+    NoImages(String),
+    #[error("{listed} images were listed but {written} rows were written: the result is not committed")]
+    Incomplete { listed: usize, written: usize },
+    #[error("{0}")]
+    Bench(String),
+}
+
+/// Where a job reports how far it is.
+pub trait Progress: Send + Sync {
+    /// `n` images listed so far.
+    fn listed(&self, n: usize);
+    /// `done` of `total` images featurized (or failed).
+    fn featurized(&self, done: usize, total: usize);
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn listed(&self, _: usize) {}
+    fn featurized(&self, _: usize, _: usize) {}
+}

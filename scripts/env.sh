@@ -1,0 +1,30 @@
+# Shared settings of the project's scripts (sourced, not run).
+# The build directory lives outside the checkout so that every clone on this
+# machine (CI's included) reuses one release build: a cold one takes ~35 min.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fruits/target}"
+export FRUITS_MODEL_DIR="${FRUITS_MODEL_DIR:-$HOME/.cache/fruits/models/efficientnet-lite0}"
+FRUITS_BIN="$CARGO_TARGET_DIR/release/fruits"
+
+# Installs what the build and `fruits model install` need, if missing.
+ensure_prerequisites() {
+  if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust with rustup (https://rustup.rs), then rerun" >&2
+    exit 1
+  fi
+  if ! command -v cc >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq build-essential python3-pip >/dev/null
+    else
+      echo "need a C compiler and Python 3 with pip (Debian: apt-get install build-essential python3-pip)" >&2
+      exit 1
+    fi
+  fi
+}
+
+build_release() {
+  cargo build --release --locked -p fruits
+}
+
+install_model() {
+  "$FRUITS_BIN" model install
+}
