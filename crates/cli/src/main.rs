@@ -75,6 +75,7 @@ fn fail(e: anyhow::Error) -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
+    use std::io::IsTerminal;
     // Our crates log under `fruits_*` targets; map the `fruits` shorthand to all of them.
     let expanded = filter
         .split(',')
@@ -99,6 +100,7 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

@@ -55,7 +55,9 @@ fn error_rows(out: &Path) -> Vec<(String, String)> {
         .iter()
         .flat_map(|b| {
             let (p, e) = (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>());
-            (0..b.num_rows()).map(|i| (p.value(i).to_string(), e.value(i).to_string())).collect::<Vec<_>>()
+            (0..b.num_rows())
+                .map(|i| (p.value(i).to_string(), e.value(i).to_string()))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -85,10 +87,20 @@ fn whole_training_folder_gives_one_row_per_image_and_one_error_per_broken_file()
     }
     let planted = plant_broken(&input.join("Planted"));
     let expected_images = count_images(&training());
-    assert!(expected_images > 16_000, "the shared Training folder has {expected_images} images");
+    assert!(
+        expected_images > 16_000,
+        "the shared Training folder has {expected_images} images"
+    );
     let out = tmp.path().join("out");
 
-    run_ok(fruits().arg("featurize").arg("--input").arg(&input).arg("--output").arg(&out));
+    run_ok(
+        fruits()
+            .arg("featurize")
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&out),
+    );
 
     let rows = feature_rows(&out);
     assert_eq!(rows.len(), expected_images, "exactly one features row per real image");
@@ -103,7 +115,10 @@ fn whole_training_folder_gives_one_row_per_image_and_one_error_per_broken_file()
 
     let errors = error_rows(&out);
     let mut got: Vec<&str> = errors.iter().map(|(p, _)| p.rsplit('/').next().unwrap()).collect();
-    let mut want: Vec<&str> = planted.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+    let mut want: Vec<&str> = planted
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap())
+        .collect();
     got.sort();
     want.sort();
     assert_eq!(got, want, "every planted file, and only those, is in errors/");
@@ -126,14 +141,15 @@ fn a_rerun_replaces_the_previous_output_cleanly() {
     let out = tmp.path().join("out");
     let input = training().join("Banana 1");
     let run = |limit: &str, size: &str| {
-        run_ok(fruits().arg("featurize").arg("--input").arg(&input).arg("--output").arg(&out).args([
-            "--limit",
-            limit,
-            "--input-size",
-            size,
-            "--rows-per-task",
-            "8",
-        ]))
+        run_ok(
+            fruits()
+                .arg("featurize")
+                .arg("--input")
+                .arg(&input)
+                .arg("--output")
+                .arg(&out)
+                .args(["--limit", limit, "--input-size", size, "--rows-per-task", "8"]),
+        )
     };
     run("40", "224");
     assert_eq!(feature_rows(&out).len(), 40);
@@ -148,8 +164,12 @@ fn a_rerun_replaces_the_previous_output_cleanly() {
         .unwrap()
         .map(|e| format!("file://{}", e.unwrap().path().display()))
         .collect();
-    let committed: HashSet<String> =
-        summary["files"]["features"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+    let committed: HashSet<String> = summary["files"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(listed, committed, "the folder holds exactly the files _SUCCESS names");
 }
 
@@ -158,12 +178,15 @@ fn same_image_gives_the_same_features_in_two_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let input = training().join("Lemon 1");
     let run = |out: &Path, per_task: &str| {
-        run_ok(fruits().arg("featurize").arg("--input").arg(&input).arg("--output").arg(out).args([
-            "--limit",
-            "20",
-            "--rows-per-task",
-            per_task,
-        ]));
+        run_ok(
+            fruits()
+                .arg("featurize")
+                .arg("--input")
+                .arg(&input)
+                .arg("--output")
+                .arg(out)
+                .args(["--limit", "20", "--rows-per-task", per_task]),
+        );
         let mut rows = feature_rows(out);
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
@@ -181,7 +204,14 @@ fn same_image_gives_the_same_features_in_two_runs() {
 fn a_folder_without_images_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("readme.txt"), "no images here").unwrap();
-    let out = fruits().arg("featurize").arg("--input").arg(tmp.path()).arg("--output").arg(tmp.path().join("o")).output().unwrap();
+    let out = fruits()
+        .arg("featurize")
+        .arg("--input")
+        .arg(tmp.path())
+        .arg("--output")
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with("error: no images"), "{stderr}");

@@ -25,9 +25,16 @@ fn top5_rates(size: u32) -> BTreeMap<&'static str, (usize, usize)> {
     for (class, truth) in CLASSES {
         let images = class_images(class);
         assert!(images.len() >= 50, "{class}: only {} images", images.len());
-        let out = run_ok(fruits().args(["model", "imagenet", "--json", "--input-size", &size.to_string()]).args(&images));
-        let lines: Vec<serde_json::Value> =
-            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let out = run_ok(
+            fruits()
+                .args(["model", "imagenet", "--json", "--input-size", &size.to_string()])
+                .args(&images),
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), images.len(), "one JSON line per image");
         let hits = lines
             .iter()
@@ -45,10 +52,16 @@ fn top5_rates(size: u32) -> BTreeMap<&'static str, (usize, usize)> {
 fn report(size: u32, rates: &BTreeMap<&str, (usize, usize)>) -> f64 {
     let (hits, total) = rates.values().fold((0, 0), |(h, t), (a, b)| (h + a, t + b));
     for (class, (h, t)) in rates {
-        println!("{size}²  {class:<22} top-5 {h:>4}/{t:<4} = {:.1} %", 100.0 * *h as f64 / *t as f64);
+        println!(
+            "{size}²  {class:<22} top-5 {h:>4}/{t:<4} = {:.1} %",
+            100.0 * *h as f64 / *t as f64
+        );
     }
     let overall = hits as f64 / total as f64;
-    println!("{size}²  all six classes        top-5 {hits}/{total} = {:.1} %", 100.0 * overall);
+    println!(
+        "{size}²  all six classes        top-5 {hits}/{total} = {:.1} %",
+        100.0 * overall
+    );
     overall
 }
 
@@ -76,11 +89,23 @@ fn a_bad_image_among_good_ones_is_reported_and_the_rest_printed() {
     let bad = dir.path().join("not-an-image.jpg");
     std::fs::write(&bad, b"hello").unwrap();
     let good = class_images("Lemon 1").remove(0);
-    let out = fruits().args(["model", "imagenet", "--json"]).arg(&bad).arg(&good).output().unwrap();
+    let out = fruits()
+        .args(["model", "imagenet", "--json"])
+        .arg(&bad)
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "a failed image makes the exit code non-zero");
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
-    assert!(lines[0]["error"].as_str().unwrap().contains("not a supported image"), "{}", lines[0]);
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("not a supported image"),
+        "{}",
+        lines[0]
+    );
     assert_eq!(lines[1]["top"][0]["label"], "lemon");
 }

@@ -25,7 +25,12 @@ fn a_corrupt_onnx_file_is_reported_not_run() {
     std::os::unix::fs::symlink(manifest.library_path(&src), manifest.library_path(tmp.path())).unwrap();
     std::fs::write(manifest.onnx_path(tmp.path()), b"not an onnx model").unwrap();
     let image = &class_images("Banana 1")[0];
-    let out = fruits().args(["model", "imagenet", "--model-dir"]).arg(tmp.path()).arg(image).output().unwrap();
+    let out = fruits()
+        .args(["model", "imagenet", "--model-dir"])
+        .arg(tmp.path())
+        .arg(image)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("is corrupt") && stderr.contains("--force"), "{stderr}");

@@ -127,7 +127,7 @@ impl ObjectUri {
         if arg.contains("://") {
             return Self::parse(arg);
         }
-        let abs = std::path::absolute(arg).map_err(|e| Error::InvalidUri(arg.into(), e.to_string()))?;
+        let abs = absolute(arg)?;
         let path = Path::from_absolute_path(&abs).map_err(|e| Error::InvalidUri(arg.into(), e.to_string()))?;
         Ok(Self {
             root: "file://".into(),
@@ -205,8 +205,26 @@ fn to_url(uri: &str) -> Result<Url, Error> {
     if uri.contains("://") {
         return Url::parse(uri).map_err(|e| Error::InvalidUri(uri.into(), e.to_string()));
     }
-    let path = std::path::absolute(uri).map_err(|e| Error::InvalidUri(uri.into(), e.to_string()))?;
+    let path = absolute(uri)?;
     Url::from_directory_path(&path).map_err(|_| Error::InvalidUri(uri.into(), "not an absolute path".into()))
+}
+
+/// Absolute, with `.` and `..` resolved lexically (symbolic links are kept, so
+/// paths stay the ones the user gave).
+fn absolute(path: &str) -> Result<std::path::PathBuf, Error> {
+    use std::path::Component;
+    let abs = std::path::absolute(path).map_err(|e| Error::InvalidUri(path.into(), e.to_string()))?;
+    let mut out = std::path::PathBuf::new();
+    for part in abs.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 fn root_of(url: &Url) -> String {
@@ -225,7 +243,8 @@ fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>, Error> {
         return Ok(store.clone());
     }
     let store: Arc<dyn ObjectStore> = match url.scheme() {
-        "file" => Arc::new(LocalFileSystem::new()),
+        // Automatic cleanup removes folders left empty by deletes (e.g. scratch space).
+        "file" => Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
         "s3" | "s3a" => {
             let s3 = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url.as_str())
@@ -261,6 +280,13 @@ mod tests {
         assert_eq!(uri.to_string(), "file:///data/Training/Apple Braeburn 1/0_100.jpg");
         let s3 = ObjectUri::parse("s3://bucket/a/b/c.png").unwrap();
         assert_eq!((s3.root.as_str(), s3.path.as_ref()), ("s3://bucket", "a/b/c.png"));
+    }
+
+    #[test]
+    fn relative_paths_are_made_absolute_and_normalised() {
+        let uri = ObjectUri::from_arg("a/../b/./c.jpg").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(uri.to_string(), format!("file://{}/b/c.jpg", cwd.display()));
     }
 
     #[tokio::test]

@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, RecordBatch, StringArray, StructArray};
+use datafusion::arrow::array::{ArrayRef, AsArray, FixedSizeListArray, RecordBatch, StringArray, StructArray};
 use datafusion::arrow::compute::{cast, filter, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::FunctionRegistry;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionContext};
@@ -236,9 +237,9 @@ async fn featurize_and_write(
     listed: usize,
     progress: &Arc<dyn Progress>,
 ) -> Result<(Written, Written), Error> {
-    let table = ctx
-        .read_parquet(manifest_dir.uri(), ParquetReadOptions::default())
-        .await?;
+    // A trailing slash makes the engine read the folder, not one file.
+    let folder = format!("{}/", manifest_dir.uri());
+    let table = ctx.read_parquet(folder, ParquetReadOptions::default()).await?;
     let udf = ctx.udf(fruits_featurize::NAME)?;
     let call = udf.call(vec![
         col("path"),

@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
+use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
 use fruits_dataset::{Location, ObjectUri};
 use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::Error;
@@ -74,7 +75,7 @@ pub struct PartWriter {
     job: String,
     schema: SchemaRef,
     metadata: Vec<KeyValue>,
-    current: Option<(AsyncArrowWriter<ParquetObjectWriter>, usize)>,
+    current: Option<(AsyncArrowWriter<BufWriter>, usize)>,
     files: Vec<String>,
     rows: usize,
 }
@@ -110,7 +111,7 @@ impl PartWriter {
         Ok(())
     }
 
-    fn open(&mut self) -> Result<AsyncArrowWriter<ParquetObjectWriter>, Error> {
+    fn open(&mut self) -> Result<AsyncArrowWriter<BufWriter>, Error> {
         let uri = self.out.child(&format!(
             "{}/part-{}-{:05}.parquet",
             self.dir,
@@ -121,7 +122,7 @@ impl PartWriter {
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_key_value_metadata(Some(self.metadata.clone()))
             .build();
-        let sink = ParquetObjectWriter::new(Arc::clone(&self.out.store), uri.path.clone());
+        let sink = BufWriter::new(Arc::clone(&self.out.store), uri.path.clone());
         self.files.push(uri.to_string());
         Ok(AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(props))?)
     }

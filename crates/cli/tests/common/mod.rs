@@ -34,7 +34,11 @@ pub fn training() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fruits-360"));
     let dir = root.join("Training");
-    assert!(dir.is_dir(), "{} is missing: the tests read the shared Fruits-360 images", dir.display());
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the tests read the shared Fruits-360 images",
+        dir.display()
+    );
     dir
 }
 
@@ -60,7 +64,11 @@ pub fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
         .iter()
         .flat_map(|f| {
             let file = std::fs::File::open(f).unwrap();
-            ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(|b| b.unwrap())
+            ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
         })
         .collect()
 }
