@@ -5,10 +5,23 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::{class_images, fruits, read_parquet_dir, run_ok, success_json, training};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float32Type;
+
+/// `fruits featurize --input INPUT --output OUT EXTRA...`, ready to run.
+fn featurize(input: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = fruits();
+    cmd.arg("featurize")
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(out)
+        .args(extra);
+    cmd
+}
 
 /// Files that are not images, or not whole ones; each must become an errors row.
 fn plant_broken(dir: &Path) -> Vec<PathBuf> {
@@ -93,14 +106,7 @@ fn whole_training_folder_gives_one_row_per_image_and_one_error_per_broken_file()
     );
     let out = tmp.path().join("out");
 
-    run_ok(
-        fruits()
-            .arg("featurize")
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(&out),
-    );
+    run_ok(&mut featurize(&input, &out, &[]));
 
     let rows = feature_rows(&out);
     assert_eq!(rows.len(), expected_images, "exactly one features row per real image");
@@ -141,15 +147,11 @@ fn a_rerun_replaces_the_previous_output_cleanly() {
     let out = tmp.path().join("out");
     let input = training().join("Banana 1");
     let run = |limit: &str, size: &str| {
-        run_ok(
-            fruits()
-                .arg("featurize")
-                .arg("--input")
-                .arg(&input)
-                .arg("--output")
-                .arg(&out)
-                .args(["--limit", limit, "--input-size", size, "--rows-per-task", "8"]),
-        )
+        run_ok(&mut featurize(
+            &input,
+            &out,
+            &["--limit", limit, "--input-size", size, "--rows-per-task", "8"],
+        ))
     };
     run("40", "224");
     assert_eq!(feature_rows(&out).len(), 40);
@@ -178,15 +180,11 @@ fn same_image_gives_the_same_features_in_two_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let input = training().join("Lemon 1");
     let run = |out: &Path, per_task: &str| {
-        run_ok(
-            fruits()
-                .arg("featurize")
-                .arg("--input")
-                .arg(&input)
-                .arg("--output")
-                .arg(out)
-                .args(["--limit", "20", "--rows-per-task", per_task]),
-        );
+        run_ok(&mut featurize(
+            &input,
+            out,
+            &["--limit", "20", "--rows-per-task", per_task],
+        ));
         let mut rows = feature_rows(out);
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
@@ -204,14 +202,7 @@ fn same_image_gives_the_same_features_in_two_runs() {
 fn a_folder_without_images_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("readme.txt"), "no images here").unwrap();
-    let out = fruits()
-        .arg("featurize")
-        .arg("--input")
-        .arg(tmp.path())
-        .arg("--output")
-        .arg(tmp.path().join("o"))
-        .output()
-        .unwrap();
+    let out = featurize(tmp.path(), &tmp.path().join("o"), &[]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with("error: no images"), "{stderr}");
@@ -222,16 +213,14 @@ fn a_folder_without_images_is_a_clear_error() {
 #[test]
 fn a_missing_model_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = fruits()
-        .arg("featurize")
-        .arg("--input")
-        .arg(training().join("Banana 1"))
-        .arg("--output")
-        .arg(tmp.path().join("o"))
-        .arg("--model-dir")
-        .arg(tmp.path().join("no-model"))
-        .output()
-        .unwrap();
+    let no_model = tmp.path().join("no-model");
+    let out = featurize(
+        &training().join("Banana 1"),
+        &tmp.path().join("o"),
+        &["--model-dir", no_model.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("fruits model install"), "{stderr}");
