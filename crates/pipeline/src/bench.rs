@@ -90,7 +90,11 @@ fn stages(backbone: &Backbone, blobs: &[bytes::Bytes], size: u32) -> Result<Row,
         .map_err(|e| Error::Bench(format!("a benchmark image does not decode: {e}")))?;
     let decode_ms = per_image(t, n);
     let t = Instant::now();
-    let resized: Vec<_> = decoded.iter().map(|img| fruits_preprocess::resize(img, size)).collect();
+    let resized = decoded
+        .iter()
+        .map(|img| fruits_preprocess::resize(img, size))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Bench(e.to_string()))?;
     let resize_ms = per_image(t, n);
     let t = Instant::now();
     let mut tensors = Vec::with_capacity(n * spec.len());
