@@ -91,10 +91,9 @@ fn print_summary(s: &Summary) {
 struct Bar(ProgressBar);
 
 impl Bar {
+    /// Draws nothing until the job reports, so log lines come first.
     fn new() -> Self {
-        let bar = ProgressBar::new_spinner();
-        bar.set_message("listing images");
-        Self(bar)
+        Self(ProgressBar::new_spinner())
     }
 }
 
@@ -107,7 +106,7 @@ impl Progress for Bar {
     fn featurized(&self, done: usize, total: usize) {
         if self.0.length() != Some(total as u64) {
             self.0.set_length(total as u64);
-            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} images {per_sec} eta {eta}")
+            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
             self.0.set_style(style);
         }
