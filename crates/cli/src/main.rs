@@ -68,10 +68,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// One line on stderr, no backtrace: errors are for people.
+/// One line on stderr, no backtrace, no secret: errors are for people.
 fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", one_line(&e));
     ExitCode::FAILURE
+}
+
+/// The error and its causes joined, each said once, on a single line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    let flat = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    fruits_dataset::redact(&flat)
 }
 
 fn init_logging(filter: &str) {

@@ -12,15 +12,17 @@
 //!   location, each labelled with its parent folder's name (the Fruits-360 layout
 //!   `<root>/<split>/<class>/<image>.jpg`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+mod store;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
+
+pub use store::{redact, retry_config, store_for};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,8 +30,10 @@ pub enum Error {
     InvalidUri(String, String),
     #[error("unsupported storage scheme '{0}' (use a path, file://, s3://, gs:// or az://)")]
     UnsupportedScheme(String),
-    #[error("{uri}: {source}")]
-    Store { uri: String, source: object_store::Error },
+    #[error("storage configuration: {0}")]
+    Config(String),
+    #[error("{uri}: {}", store::describe(cause))]
+    Store { uri: String, cause: object_store::Error },
 }
 
 impl Error {
@@ -38,7 +42,7 @@ impl Error {
         matches!(
             self,
             Error::Store {
-                source: object_store::Error::NotFound { .. },
+                cause: object_store::Error::NotFound { .. },
                 ..
             }
         )
@@ -149,7 +153,7 @@ impl ObjectUri {
     pub fn err(&self, source: object_store::Error) -> Error {
         Error::Store {
             uri: self.to_string(),
-            source,
+            cause: source,
         }
     }
 
@@ -180,7 +184,7 @@ pub fn list_images(location: &Location) -> BoxStream<'static, Result<ImageEntry,
             async move {
                 let meta = match item {
                     Ok(meta) => meta,
-                    Err(e) => return Some(Err(Error::Store { uri: root, source: e })),
+                    Err(e) => return Some(Err(Error::Store { uri: root, cause: e })),
                 };
                 let name = meta.location.filename().unwrap_or("");
                 if !is_image_name(name) {
@@ -229,36 +233,6 @@ fn absolute(path: &str) -> Result<std::path::PathBuf, Error> {
 
 fn root_of(url: &Url) -> String {
     format!("{}://{}", url.scheme(), url.authority())
-}
-
-/// One store per root, shared by the whole process (connection pools, credentials).
-fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>, Error> {
-    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
-    let root = root_of(url);
-    let mut stores = STORES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(store) = stores.get(&root) {
-        return Ok(store.clone());
-    }
-    let store: Arc<dyn ObjectStore> = match url.scheme() {
-        // Automatic cleanup removes folders left empty by deletes (e.g. scratch space).
-        "file" => Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
-        "s3" | "s3a" => {
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map_err(|e| Error::Store {
-                    uri: root.clone(),
-                    source: e,
-                })?;
-            Arc::new(s3)
-        }
-        other => return Err(Error::UnsupportedScheme(other.into())),
-    };
-    stores.insert(root, store.clone());
-    Ok(store)
 }
 
 #[cfg(test)]

@@ -11,8 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectStore;
+use url::Url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -46,6 +51,7 @@ pub async fn in_process(opts: &EngineOptions) -> Result<SessionContext, Error> {
         .with_ballista_job_name("fruits");
     let mut state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(runtime_env()?)
         .with_default_features()
         .build();
     for udf in functions(opts) {
@@ -64,4 +70,29 @@ pub async fn in_process(opts: &EngineOptions) -> Result<SessionContext, Error> {
 /// Every function the product adds to the engine.
 pub fn functions(opts: &EngineOptions) -> Vec<datafusion::logical_expr::ScalarUDF> {
     vec![fruits_featurize::udf(opts.model_dir.clone())]
+}
+
+/// Every object-store URL the engine meets (manifests, outputs) resolves
+/// through `fruits_dataset::store_for`: the same configuration, credential
+/// chain and retries as the rest of the product, on the client and on every
+/// executor, each with its own credentials.
+#[derive(Debug, Default)]
+pub struct Stores;
+
+impl ObjectStoreRegistry for Stores {
+    /// Stores come from configuration, not registration: nothing is replaced.
+    fn register_store(&self, _url: &Url, _store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        None
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        fruits_dataset::store_for(url).map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}
+
+/// A runtime whose object stores are [`Stores`].
+pub fn runtime_env() -> Result<Arc<RuntimeEnv>, Error> {
+    Ok(RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(Stores))
+        .build_arc()?)
 }

@@ -1,0 +1,183 @@
+//! Images in S3, results back to S3, against a real S3-protocol server (moto)
+//! on 127.0.0.1; bad storage configuration fails fast, in one line, and no
+//! secret is ever printed or written.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::s3::{get, list, put, S3Server, KEY_ID, SECRET};
+use common::{class_images, fruits};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+const CLASSES: [&str; 4] = ["Banana 1", "Lemon 1", "Strawberry 1", "Kiwi 1"];
+const PER_CLASS: usize = 60;
+
+fn read_parquet(bytes: bytes::Bytes) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    assert!(!text.contains(SECRET), "{what} shows the secret key: {text}");
+    assert!(!text.contains(KEY_ID), "{what} shows the access key id: {text}");
+}
+
+#[test]
+fn s3_in_s3_out_every_row_and_every_error_and_no_secret() {
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let store = server.store("lake");
+    let mut uploaded = HashSet::new();
+    for class in CLASSES {
+        for image in class_images(class).into_iter().take(PER_CLASS) {
+            let key = format!("raw/Training/{class}/{}", image.file_name().unwrap().to_str().unwrap());
+            put(&store, &key, std::fs::read(&image).unwrap());
+            uploaded.insert(format!("s3://lake/{key}"));
+        }
+    }
+    let real = std::fs::read(&class_images("Kiwi 1")[0]).unwrap();
+    let broken = [
+        ("empty.jpg", Vec::new()),
+        ("text.jpg", b"not an image".to_vec()),
+        ("cut.jpg", real[..150].to_vec()),
+    ];
+    for (name, bytes) in &broken {
+        put(&store, &format!("raw/Training/Kiwi 1/{name}"), bytes.clone());
+    }
+
+    let out = fruits()
+        .envs(server.env())
+        .args([
+            "featurize",
+            "--input",
+            "s3://lake/raw/Training",
+            "--output",
+            "s3://lake/out",
+            "--rows-per-task",
+            "32",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_no_secret("stdout", &stdout);
+    assert_no_secret("stderr", &stderr);
+
+    let keys = list(&store, "out");
+    assert!(keys.contains(&"out/_SUCCESS".to_string()), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains("_temporary")),
+        "scratch is removed: {keys:?}"
+    );
+    let success = String::from_utf8(get(&store, "out/_SUCCESS").to_vec()).unwrap();
+    assert_no_secret("_SUCCESS", &success);
+    let summary: serde_json::Value = serde_json::from_str(&success).unwrap();
+    assert_eq!(summary["objects_listed"], CLASSES.len() * PER_CLASS + broken.len());
+    assert_eq!(summary["featurized"], CLASSES.len() * PER_CLASS);
+    assert_eq!(summary["failed"], broken.len());
+
+    let mut seen = HashSet::new();
+    for key in keys.iter().filter(|k| k.starts_with("out/features/")) {
+        for batch in read_parquet(get(&store, key)) {
+            let (paths, labels) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+            for i in 0..batch.num_rows() {
+                let path = paths.value(i);
+                assert!(
+                    path.contains(&format!("/{}/", labels.value(i))),
+                    "{path} labelled {}",
+                    labels.value(i)
+                );
+                assert!(seen.insert(path.to_string()), "{path} twice");
+            }
+        }
+    }
+    assert_eq!(seen, uploaded, "one features row per uploaded image");
+    let mut failed: Vec<String> = Vec::new();
+    for key in keys.iter().filter(|k| k.starts_with("out/errors/")) {
+        for batch in read_parquet(get(&store, key)) {
+            let paths = batch.column(0).as_string::<i32>();
+            failed.extend((0..batch.num_rows()).map(|i| paths.value(i).rsplit('/').next().unwrap().to_string()));
+        }
+    }
+    failed.sort();
+    assert_eq!(failed, ["cut.jpg", "empty.jpg", "text.jpg"]);
+
+    let help = fruits()
+        .envs(server.env())
+        .args(["featurize", "--help"])
+        .output()
+        .unwrap();
+    assert_no_secret("--help", &String::from_utf8_lossy(&help.stdout));
+}
+
+/// Runs a job expected to fail; returns its stderr after checking the rules.
+fn fails_fast(env: Vec<(&'static str, String)>, input: &str, output: &str, expect: &str) {
+    let started = Instant::now();
+    let out = fruits()
+        .envs(env)
+        .args(["featurize", "--input", input, "--output", output])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{input} → {output} should fail");
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains(expect),
+        "expected '{expect}': {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    assert_no_secret("stderr", &stderr);
+}
+
+#[test]
+fn bad_storage_configuration_is_a_clear_one_line_error_within_seconds() {
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    put(
+        &server.store("lake"),
+        "raw/Banana 1/a.jpg",
+        std::fs::read(&class_images("Banana 1")[0]).unwrap(),
+    );
+
+    let mut wrong_endpoint = server.env();
+    wrong_endpoint.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    wrong_endpoint.push((
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", common::s3::free_port()),
+    ));
+    fails_fast(
+        wrong_endpoint,
+        "s3://lake/raw",
+        "s3://lake/out",
+        "cannot reach the storage endpoint",
+    );
+    fails_fast(
+        server.env(),
+        "s3://no-such-bucket/raw",
+        "s3://lake/out",
+        "the bucket does not exist",
+    );
+    fails_fast(
+        server.env(),
+        "s3://lake/raw",
+        "s3://no-such-bucket/out",
+        "the bucket does not exist",
+    );
+    fails_fast(server.env(), "s3://lake/nothing-here", "s3://lake/out", "no images");
+    assert!(!list(&server.store("lake"), "out").contains(&"out/_SUCCESS".to_string()));
+}
