@@ -28,6 +28,9 @@ pub struct FeaturizeArgs {
     /// Tasks run at once [default: number of cores].
     #[arg(long)]
     parallelism: Option<usize>,
+    /// Run on a Ballista cluster (`df://HOST:PORT` of `fruits scheduler`) instead of in-process.
+    #[arg(long)]
+    cluster: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -46,6 +49,7 @@ pub async fn run(args: FeaturizeArgs) -> anyhow::Result<ExitCode> {
         parallelism: args
             .parallelism
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        cluster: args.cluster,
     };
     let bar = Arc::new(Bar::new());
     let progress: Arc<dyn Progress> = bar.clone();
@@ -78,6 +82,12 @@ fn print_summary(s: &Summary) {
         s.worker_ms.read_ms as f64 / 1000.0,
         s.worker_ms.preprocess_ms as f64 / 1000.0,
         s.worker_ms.infer_ms as f64 / 1000.0
+    );
+    println!(
+        "engine: {}, {} executor(s): {}",
+        s.engine,
+        s.executors_used.len(),
+        s.executors_used.join(", ")
     );
     println!(
         "output: {} (input {}², model sha256 {}…, _SUCCESS written)",

@@ -2,6 +2,7 @@
 //! parses its arguments, calls one library crate, and prints the outcome.
 
 mod bench;
+mod cluster;
 mod featurize;
 mod model;
 
@@ -30,6 +31,10 @@ enum Command {
     /// Measure where the time goes.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run a Ballista scheduler for a cluster of `fruits executor`s.
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a Ballista executor that takes tasks from a `fruits scheduler`.
+    Executor(cluster::ExecutorArgs),
 }
 
 /// The model directory: the flag, else `$FRUITS_MODEL_DIR`, else the user cache.
@@ -60,6 +65,8 @@ fn main() -> ExitCode {
             Command::Model(cmd) => model::run(cmd).await,
             Command::Featurize(args) => featurize::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Scheduler(args) => cluster::scheduler(args).await,
+            Command::Executor(args) => cluster::executor(args).await,
         }
     });
     match result {

@@ -7,6 +7,8 @@
 //! cluster. Our functions must be known on both sides: on the client, to plan,
 //! and on the executor, which rebuilds plans by function name.
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,6 +25,8 @@ use url::Url;
 pub enum Error {
     #[error("cannot start the in-process engine: {0}")]
     Start(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
 }

@@ -40,12 +40,23 @@ pub fn features_type() -> DataType {
     DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, true)), FEATURES_DIM)
 }
 
-/// The function's result: `Struct<features, error>`, exactly one of them set.
+/// The function's result: `Struct<features, error, worker>`, exactly one of
+/// `features` and `error` set; `worker` (`host:pid`) says which process did it.
 pub fn result_fields() -> Fields {
     Fields::from(vec![
         Field::new("features", features_type(), true),
         Field::new("error", DataType::Utf8, true),
+        Field::new("worker", DataType::Utf8, false),
     ])
+}
+
+/// This process as `host:pid`.
+pub fn worker_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+        format!("{}:{}", host.trim(), std::process::id())
+    })
 }
 
 /// Builds the function for a model directory on this machine.
@@ -221,7 +232,9 @@ fn to_struct_array(results: Vec<RowResult>) -> Result<ArrayRef> {
         Some(NullBuffer::from(valid)),
     )?;
     let errors = StringArray::from(errors);
-    let array = StructArray::try_new(result_fields(), vec![Arc::new(features), Arc::new(errors)], None)?;
+    let workers = StringArray::from_iter_values(std::iter::repeat_n(worker_id(), results.len()));
+    let columns: Vec<ArrayRef> = vec![Arc::new(features), Arc::new(errors), Arc::new(workers)];
+    let array = StructArray::try_new(result_fields(), columns, None)?;
     Ok(Arc::new(array))
 }
 

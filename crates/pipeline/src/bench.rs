@@ -165,6 +165,7 @@ async fn end_to_end(opts: &BenchOptions, size: u32, n: usize) -> Result<f64, Err
         model_dir: opts.model_dir.clone(),
         rows_per_task: 64,
         parallelism: std::thread::available_parallelism().map_or(2, |p| p.get()),
+        cluster: None,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     crate::featurize::run(&job, &progress).await?; // warm-up: engine, sessions

@@ -7,6 +7,7 @@
 //! image bytes and run the model; the client streams the results back and
 //! writes them, so that the output commit (see [`crate::output`]) is ours.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ pub struct FeaturizeJob {
     /// Images per manifest file, i.e. per engine task.
     pub rows_per_task: usize,
     pub parallelism: usize,
+    /// `df://host:port` of a Ballista scheduler; `None` runs in-process.
+    pub cluster: Option<String>,
 }
 
 /// The run summary: printed, and written as `_SUCCESS`.
@@ -57,6 +60,8 @@ pub struct Summary {
     pub stages_ms: Stages,
     /// Worker time summed over threads (CPU-bound work: close to CPU time).
     pub worker_ms: StatsSnapshot,
+    /// Worker processes (`host:pid`) that featurized images: the executors used.
+    pub executors_used: Vec<String>,
     pub input_size: u32,
     pub model: Manifest,
     pub files: Files,
@@ -75,13 +80,16 @@ pub struct Files {
     pub errors: Vec<String>,
 }
 
-/// Runs the job on the in-process engine.
+/// Runs the job in-process, or on the cluster the job names.
 pub async fn run(job: &FeaturizeJob, progress: &Arc<dyn Progress>) -> Result<Summary, Error> {
     let opts = fruits_engine::EngineOptions {
         model_dir: job.model_dir.clone(),
         parallelism: job.parallelism,
     };
-    let ctx = fruits_engine::in_process(&opts).await?;
+    let ctx = match &job.cluster {
+        None => fruits_engine::in_process(&opts).await?,
+        Some(url) => fruits_engine::cluster::remote(url, &opts).await?,
+    };
     run_on(&ctx, job, progress).await
 }
 
@@ -109,6 +117,9 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
 
     let t_run = Instant::now();
     let before = STATS.snapshot();
+    // In-process, the executor's counter drives the bar; a remote cluster's does not reach us.
+    let quiet: Arc<dyn Progress> = Arc::new(crate::NoProgress);
+    let progress = if job.cluster.is_none() { progress } else { &quiet };
     let result = featurize_and_write(
         ctx,
         &staging_loc,
@@ -122,7 +133,11 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
     .await;
     let worker_ms = STATS.snapshot().since(&before);
     cleanup(&out, &staging).await;
-    let (features, errors) = result?;
+    let Outcome {
+        features,
+        errors,
+        workers,
+    } = result?;
     let featurize_ms = t_run.elapsed().as_millis() as u64;
 
     let t_commit = Instant::now();
@@ -139,7 +154,10 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
         job_id,
         input: input.uri(),
         output: out.uri(),
-        engine: "ballista-standalone".into(),
+        engine: job
+            .cluster
+            .as_ref()
+            .map_or("ballista-standalone".into(), |url| format!("ballista-cluster {url}")),
         objects_listed: listed,
         featurized: features.1,
         failed: errors.1,
@@ -152,6 +170,7 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
             commit: 0,
         },
         worker_ms,
+        executors_used: workers.into_iter().collect(),
         input_size,
         model: manifest,
         files: Files {
@@ -236,7 +255,7 @@ async fn featurize_and_write(
     manifest: &Manifest,
     listed: usize,
     progress: &Arc<dyn Progress>,
-) -> Result<(Written, Written), Error> {
+) -> Result<Outcome, Error> {
     // A trailing slash makes the engine read the folder, not one file.
     let folder = format!("{}/", manifest_dir.uri());
     let table = ctx.read_parquet(folder, ParquetReadOptions::default()).await?;
@@ -257,15 +276,30 @@ async fn featurize_and_write(
 
     let start = PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
     let ticker = progress_ticker(Arc::clone(progress), start, listed);
+    let mut workers = BTreeSet::new();
     let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
-        let (ok, bad) = split(&batch?)?;
+        let batch = batch?;
+        let result: &StructArray = batch.column(2).as_struct();
+        workers.extend(result.column(2).as_string::<i32>().iter().flatten().map(str::to_string));
+        let (ok, bad) = split(&batch)?;
         features.write(&ok).await?;
         errors.write(&bad).await?;
     }
     drop(ticker);
     progress.featurized(listed, listed);
-    Ok((features.finish().await?, errors.finish().await?))
+    Ok(Outcome {
+        features: features.finish().await?,
+        errors: errors.finish().await?,
+        workers,
+    })
+}
+
+/// What the engine run wrote, and which worker processes did it.
+struct Outcome {
+    features: Written,
+    errors: Written,
+    workers: BTreeSet<String>,
 }
 
 /// Polls the process-wide counter while the engine works (the in-process

@@ -1,0 +1,103 @@
+//! `fruits featurize --cluster` on a real multi-process Ballista cluster.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{fruits, read_parquet_dir, run_ok, success_json, training};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Float32Type;
+
+/// `path → (label, features)` of an output folder.
+fn rows(out: &Path) -> BTreeMap<String, (String, Vec<f32>)> {
+    let mut rows = BTreeMap::new();
+    for b in read_parquet_dir(&out.join("features")) {
+        let (paths, labels, feats) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+            b.column(2).as_fixed_size_list(),
+        );
+        for i in 0..b.num_rows() {
+            let v = feats.value(i).as_primitive::<Float32Type>().values().to_vec();
+            let old = rows.insert(paths.value(i).to_string(), (labels.value(i).to_string(), v));
+            assert!(old.is_none(), "{} twice", paths.value(i));
+        }
+    }
+    rows
+}
+
+#[test]
+fn a_two_executor_cluster_gives_the_in_process_result_and_both_executors_work() {
+    let cluster = Cluster::start(2, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for class in ["Lemon 1", "Banana 1"] {
+        std::os::unix::fs::symlink(training().join(class), input.join(class)).unwrap();
+    }
+    let featurize = |out: &Path, cluster: Option<&str>| {
+        let mut cmd = fruits();
+        cmd.arg("featurize")
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(out)
+            .args(["--rows-per-task", "8"]);
+        if let Some(url) = cluster {
+            cmd.args(["--cluster", url]);
+        }
+        run_ok(&mut cmd);
+    };
+    let (remote, local) = (tmp.path().join("remote"), tmp.path().join("local"));
+    featurize(&remote, Some(&cluster.url()));
+    featurize(&local, None);
+
+    let summary = success_json(&remote);
+    assert_eq!(summary["engine"], format!("ballista-cluster {}", cluster.url()));
+    assert_eq!(
+        summary["executors_used"].as_array().unwrap().len(),
+        2,
+        "both executors ran tasks: {summary}"
+    );
+    let (r, l) = (rows(&remote), rows(&local));
+    assert_eq!(r.len(), 246);
+    assert_eq!(
+        r.keys().collect::<Vec<_>>(),
+        l.keys().collect::<Vec<_>>(),
+        "same images"
+    );
+    for (path, (label, v)) in &r {
+        let (label_l, v_l) = &l[path];
+        assert_eq!(label, label_l);
+        let worst = v.iter().zip(v_l).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "{path}: cluster and in-process differ by {worst}");
+    }
+}
+
+#[test]
+fn an_unreachable_scheduler_is_a_clear_one_line_error_within_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::s3::free_port();
+    let started = Instant::now();
+    let out = fruits()
+        .arg("featurize")
+        .arg("--input")
+        .arg(training().join("Lemon 1"))
+        .arg("--output")
+        .arg(tmp.path().join("o"))
+        .args(["--cluster", &format!("df://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the scheduler") && stderr.contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("o/_SUCCESS").exists());
+}
