@@ -101,3 +101,36 @@ fn an_unreachable_scheduler_is_a_clear_one_line_error_within_seconds() {
     );
     assert!(!tmp.path().join("o/_SUCCESS").exists());
 }
+
+#[test]
+fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
+    let mut cluster = Cluster::start(2, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let job = fruits()
+        .arg("featurize")
+        .arg("--input")
+        .arg(training())
+        .arg("--output")
+        .arg(&out)
+        .args(["--limit", "2000", "--rows-per-task", "50", "--cluster", &cluster.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let both executors take tasks, then kill one without warning.
+    std::thread::sleep(Duration::from_secs(6));
+    let victim = cluster.executors.pop().unwrap();
+    drop(victim);
+    let result = job.wait_with_output().unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let rows = rows(&out);
+    assert_eq!(
+        rows.len(),
+        2000,
+        "every image exactly once (duplicates would have failed the map insert)"
+    );
+    let summary = success_json(&out);
+    assert_eq!(summary["featurized"], 2000);
+    assert_eq!(summary["failed"], 0);
+}

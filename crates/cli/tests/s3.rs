@@ -181,3 +181,52 @@ fn bad_storage_configuration_is_a_clear_one_line_error_within_seconds() {
     fails_fast(server.env(), "s3://lake/nothing-here", "s3://lake/out", "no images");
     assert!(!list(&server.store("lake"), "out").contains(&"out/_SUCCESS".to_string()));
 }
+
+#[test]
+fn restarting_the_s3_server_mid_job_never_leaves_a_partial_result_marked_complete() {
+    let mut server = S3Server::start();
+    server.create_bucket("lake");
+    let store = server.store("lake");
+    let mut count = 0;
+    for class in ["Apple Braeburn 1", "Apple Red 1", "Cherry 1", "Lemon 1", "Banana 1"] {
+        for image in class_images(class) {
+            let key = format!("raw/{class}/{}", image.file_name().unwrap().to_str().unwrap());
+            put(&store, &key, std::fs::read(&image).unwrap());
+            count += 1;
+        }
+    }
+    assert!(count >= 500, "{count} images uploaded");
+    let job = fruits()
+        .envs(server.env())
+        .args([
+            "featurize",
+            "--input",
+            "s3://lake/raw",
+            "--output",
+            "s3://lake/out",
+            "--rows-per-task",
+            "16",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let out = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_no_secret("stderr", &stderr);
+    // The restarted server lost everything, so the only honest outcome is a clear failure.
+    assert!(
+        !out.status.success(),
+        "the job cannot have committed into a bucket that vanished"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "one clear error line: {stderr}");
+    println!("the job said: {}", errors[0]);
+    server.create_bucket("lake");
+    assert!(
+        list(&server.store("lake"), "out").is_empty(),
+        "no _SUCCESS, no partial result"
+    );
+}

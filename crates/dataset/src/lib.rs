@@ -22,7 +22,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
-pub use store::{redact, retry_config, store_for};
+pub use store::{classify, redact, retry_config, store_for};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

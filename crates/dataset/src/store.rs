@@ -136,8 +136,16 @@ pub fn describe(e: &object_store::Error) -> String {
         full.push_str(&inner.to_string());
         source = inner.source();
     }
+    let not_found = matches!(e, object_store::Error::NotFound { .. });
+    let plain = classify(&full, not_found).unwrap_or_else(|| e.to_string().lines().next().unwrap_or("").to_string());
+    redact(&plain)
+}
+
+/// Storage failures recognised in any error text (also as relayed by the
+/// engine from an executor), in plain words.
+pub fn classify(full: &str, not_found: bool) -> Option<String> {
     let has = |needle: &str| full.contains(needle);
-    let plain = if matches!(e, object_store::Error::NotFound { .. }) && !has("NoSuchBucket") {
+    let plain = if not_found && !has("NoSuchBucket") {
         "not found".to_string()
     } else if has("NoSuchBucket") {
         "the bucket does not exist".to_string()
@@ -150,9 +158,10 @@ pub fn describe(e: &object_store::Error) -> String {
             "no answer"
         };
         format!("cannot reach the storage endpoint ({cause}; check AWS_ENDPOINT_URL / the endpoint setting)")
+    } else if has("NotFound {") {
+        "an object it needed was not found".to_string()
     } else {
-        // The first line of the top message: bodies and repeats stay out.
-        e.to_string().lines().next().unwrap_or("").to_string()
+        return None;
     };
-    redact(&plain)
+    Some(plain)
 }

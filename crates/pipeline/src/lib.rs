@@ -21,8 +21,10 @@ pub enum Error {
     Backbone(#[from] fruits_backbone::Error),
     #[error(transparent)]
     Engine(#[from] fruits_engine::Error),
-    #[error("engine: {0}")]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Not a `source`: the raw engine error is long and nested, and people get
+    /// the plain message below instead.
+    #[error("engine: {}", engine_message(.0))]
+    DataFusion(datafusion::error::DataFusionError),
     #[error("arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("parquet: {0}")]
@@ -33,6 +35,23 @@ pub enum Error {
     Incomplete { listed: usize, written: usize },
     #[error("{0}")]
     Bench(String),
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::DataFusion(e)
+    }
+}
+
+/// An engine failure in plain words: storage failures relayed from executors
+/// are recognised; anything else is cut to its first line, 300 characters at most.
+fn engine_message(e: &datafusion::error::DataFusionError) -> String {
+    let full = e.to_string();
+    if let Some(plain) = fruits_dataset::classify(&full, false) {
+        return format!("the job failed: storage: {plain}");
+    }
+    let line = full.lines().next().unwrap_or_default();
+    fruits_dataset::redact(&line.chars().take(300).collect::<String>())
 }
 
 /// Where a job reports how far it is.

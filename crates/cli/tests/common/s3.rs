@@ -21,10 +21,21 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> Self {
+        Self::start_on(None)
+    }
+
+    /// Starts again on the same port (moto keeps nothing: the buckets are gone).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Self::start_on(Some(self.port));
+    }
+
+    fn start_on(port: Option<u16>) -> Self {
         // One start at a time: a port is free only until someone binds it.
         static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
-        let port = free_port();
+        let port = port.unwrap_or_else(free_port);
         let child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
