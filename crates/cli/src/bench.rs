@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use fruits_pipeline::bench::{run as bench, BenchOptions};
+use fruits_pipeline::bench_cluster::{run as bench_cluster, ClusterBenchOptions};
 
 use crate::ModelDirArg;
 
@@ -30,24 +31,119 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: ModelDirArg,
     },
+    /// images/s of one featurize job on local clusters of 1, 2, … executors, the speed-up, executor memory.
+    Cluster {
+        /// Images to featurize (a path or URI, e.g. s3://bucket/prefix).
+        #[arg(long, default_value = "../shared/fruits-360/Training")]
+        input: String,
+        /// Where each run writes (`OUTPUT/executors-N`).
+        #[arg(long, default_value = "/tmp/fruits-bench-cluster")]
+        output: String,
+        /// Executor counts to compare.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        executors: Vec<usize>,
+        /// Task slots per executor.
+        #[arg(long, default_value_t = 1)]
+        slots: usize,
+        /// Featurize at most this many images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Square input side [default: the manifest's].
+        #[arg(long)]
+        input_size: Option<u32>,
+        /// Images per engine task.
+        #[arg(long, default_value_t = 64)]
+        rows_per_task: usize,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelDirArg,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Featurize {
-        input,
-        images,
-        sizes,
-        scratch,
-        json,
-        model,
-    } = cmd;
-    let opts = BenchOptions {
-        input,
-        images,
-        sizes,
-        model_dir: model.resolve(),
-        scratch,
-    };
+    match cmd {
+        BenchCommand::Featurize {
+            input,
+            images,
+            sizes,
+            scratch,
+            json,
+            model,
+        } => {
+            featurize(
+                BenchOptions {
+                    input,
+                    images,
+                    sizes,
+                    model_dir: model.resolve(),
+                    scratch,
+                },
+                json,
+            )
+            .await
+        }
+        BenchCommand::Cluster {
+            input,
+            output,
+            executors,
+            slots,
+            limit,
+            input_size,
+            rows_per_task,
+            json,
+            model,
+        } => {
+            let binary = std::env::current_exe()?;
+            let model_dir = model.resolve();
+            let opts = ClusterBenchOptions {
+                binary,
+                input,
+                output,
+                executors,
+                slots,
+                limit,
+                input_size,
+                rows_per_task,
+                model_dir,
+            };
+            cluster(opts, json).await
+        }
+    }
+}
+
+async fn cluster(opts: ClusterBenchOptions, json: bool) -> anyhow::Result<ExitCode> {
+    let rows = bench_cluster(&opts).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "cluster benchmark: {} -> {}, {} slot(s) per executor",
+        opts.input, opts.output, opts.slots
+    );
+    println!(
+        "{:>9} {:>8} {:>8} {:>9} {:>8}  executor peak RSS (MiB)",
+        "executors", "images", "wall s", "images/s", "speed-up"
+    );
+    let base = rows.first().map_or(1.0, |r| r.images_per_s);
+    for r in &rows {
+        let rss: Vec<String> = r.executor_peak_rss_mib.iter().map(|m| format!("{m:.0}")).collect();
+        println!(
+            "{:>9} {:>8} {:>8.1} {:>9.1} {:>8.2}  {}",
+            r.executors,
+            r.images,
+            r.wall_s,
+            r.images_per_s,
+            r.images_per_s / base,
+            rss.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn featurize(opts: BenchOptions, json: bool) -> anyhow::Result<ExitCode> {
     let rows = bench(&opts).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -3,11 +3,12 @@
 //!
 //! - [`featurize`]: list, featurize on the engine, write `features/` and `errors/`.
 //! - [`output`]: the output folder layout and its commit rule (`_SUCCESS` last).
-//! - [`bench`]: the featurize benchmark behind `fruits bench featurize`.
+//! - [`bench`], [`bench_cluster`]: `fruits bench featurize` and `fruits bench cluster`.
 //!
 //! Jobs report progress through [`Progress`], so the binary decides how it shows.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod featurize;
 pub mod output;
 
