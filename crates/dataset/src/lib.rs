@@ -37,6 +37,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when retrying cannot help: missing object, no permission, a bad URI.
+    pub fn is_permanent(&self) -> bool {
+        use object_store::Error as E;
+        match self {
+            Error::Store { cause, .. } => {
+                matches!(
+                    cause,
+                    E::NotFound { .. } | E::PermissionDenied { .. } | E::Unauthenticated { .. }
+                ) || store::classify(&cause.to_string(), false).is_some_and(|c| c.starts_with("access denied"))
+            }
+            _ => true,
+        }
+    }
+
     /// True when the object does not exist (vanished, or never there).
     pub fn is_not_found(&self) -> bool {
         matches!(

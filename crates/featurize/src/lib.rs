@@ -141,7 +141,7 @@ fn exec_datafusion(msg: String) -> datafusion::error::DataFusionError {
 fn featurize_paths(backbone: &Backbone, paths: &StringArray, spec: &Spec) -> Result<Vec<RowResult>> {
     let uris: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_string)).collect();
     let t0 = Instant::now();
-    let contents = read_all(uris);
+    let contents = read_all(uris)?;
     STATS
         .read_ns
         .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -243,31 +243,39 @@ fn to_struct_array(results: Vec<RowResult>) -> Result<ArrayRef> {
 /// The UDF is synchronous and runs on an engine worker thread; blocking that
 /// thread while a separate runtime does the I/O keeps the engine's own runtime
 /// free of nested `block_on` calls.
-fn read_all(uris: Vec<Option<String>>) -> Vec<RowResult<bytes::Bytes>> {
+fn read_all(uris: Vec<Option<String>>) -> Result<Vec<RowResult<bytes::Bytes>>> {
     let task = io_runtime().spawn(async move {
         futures::stream::iter(uris)
-            .map(|uri| async move {
-                let uri = uri.ok_or_else(|| "path is null".to_string())?;
-                let uri = ObjectUri::parse(&uri).map_err(|e| e.to_string())?;
-                uri.read().await.map_err(|e| read_error(&e))
-            })
+            .map(read_one)
             .buffered(READ_CONCURRENCY)
             .collect::<Vec<_>>()
             .await
     });
-    futures::executor::block_on(task).unwrap_or_else(|e| vec![Err(format!("read task failed: {e}"))])
+    let reads = futures::executor::block_on(task).map_err(|e| exec_datafusion(format!("read task failed: {e}")))?;
+    reads.into_iter().collect()
+}
+
+/// One object's bytes; `Ok(Err(_))` for a permanent, per-image failure (an
+/// errors row), `Err(_)` for a transient one (the task fails and the engine
+/// runs it again: an outage must not turn good images into errors).
+async fn read_one(uri: Option<String>) -> Result<RowResult<bytes::Bytes>> {
+    let Some(uri) = uri else {
+        return Ok(Err("path is null".into()));
+    };
+    let uri = match ObjectUri::parse(&uri) {
+        Ok(uri) => uri,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    match uri.read().await {
+        Ok(bytes) => Ok(Ok(bytes)),
+        Err(e) if e.is_not_found() => Ok(Err("object not found (deleted after listing?)".into())),
+        Err(e) if e.is_permanent() => Ok(Err(format!("cannot read: {e}"))),
+        Err(e) => Err(exec_datafusion(format!("cannot read {uri}, will retry the task: {e}"))),
+    }
 }
 
 /// Per-row outcome: the value (by default the feature vector) or why it is missing.
 type RowResult<T = Vec<f32>> = std::result::Result<T, String>;
-
-fn read_error(e: &fruits_dataset::Error) -> String {
-    if e.is_not_found() {
-        "object not found (deleted after listing?)".into()
-    } else {
-        format!("cannot read: {e}")
-    }
-}
 
 fn io_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
