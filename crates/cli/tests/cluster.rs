@@ -134,3 +134,42 @@ fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
     assert_eq!(summary["featurized"], 2000);
     assert_eq!(summary["failed"], 0);
 }
+
+#[test]
+fn an_executor_that_joins_mid_job_takes_tasks() {
+    let mut cluster = Cluster::start(1, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let job = fruits()
+        .arg("featurize")
+        .arg("--input")
+        .arg(training())
+        .arg("--output")
+        .arg(&out)
+        .args([
+            "--limit",
+            "1200",
+            "--rows-per-task",
+            "24",
+            "--input-size",
+            "100",
+            "--cluster",
+            &cluster.url(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.add_executor(1);
+    let result = job.wait_with_output().unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(rows(&out).len(), 1200);
+    let summary = success_json(&out);
+    assert_eq!(
+        summary["executors_used"].as_array().unwrap().len(),
+        2,
+        "the late executor worked: {summary}"
+    );
+    assert!(summary["bytes_read"].as_u64().unwrap() > 1_000_000, "{summary}");
+}

@@ -54,6 +54,7 @@ pub struct Summary {
     pub objects_listed: usize,
     pub featurized: usize,
     pub failed: usize,
+    /// Size of the listed objects: each is read exactly once by an executor.
     pub bytes_read: u64,
     pub wall_ms: u64,
     pub images_per_s: f64,
@@ -108,7 +109,7 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
     let staging = out.child(&format!("_temporary/{job_id}"));
     let staging_loc = Location::parse(&format!("{staging}/manifest/"))?;
     let t_list = Instant::now();
-    let listed = write_manifest(&input, &staging_loc, job, progress).await?;
+    let (listed, listed_bytes) = write_manifest(&input, &staging_loc, job, progress).await?;
     if listed == 0 {
         cleanup(&out, &staging).await;
         return Err(Error::NoImages(input.uri()));
@@ -161,7 +162,7 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
         objects_listed: listed,
         featurized: features.1,
         failed: errors.1,
-        bytes_read: worker_ms.bytes_read,
+        bytes_read: listed_bytes,
         wall_ms: wall.as_millis() as u64,
         images_per_s: listed as f64 / wall.as_secs_f64().max(1e-9),
         stages_ms: Stages {
@@ -184,19 +185,21 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
     Ok(summary)
 }
 
-/// Streams the listing into manifest files of `rows_per_task` rows; returns the count.
+/// Streams the listing into manifest files of `rows_per_task` rows; returns
+/// the count and total size of the listed objects (each is read once).
 async fn write_manifest(
     input: &Location,
     staging: &Location,
     job: &FeaturizeJob,
     progress: &Arc<dyn Progress>,
-) -> Result<usize, Error> {
+) -> Result<(usize, u64), Error> {
     let limit = job.limit.unwrap_or(usize::MAX);
     let mut chunks = list_images(input).take(limit).try_chunks(job.rows_per_task.max(1));
-    let (mut count, mut part) = (0, 0);
+    let (mut count, mut part, mut total_bytes) = (0, 0, 0u64);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| e.1)?;
         count += chunk.len();
+        total_bytes += chunk.iter().map(|e| e.size).sum::<u64>();
         let bytes = manifest_parquet(&chunk)?;
         output::put(
             &staging.store,
@@ -207,7 +210,7 @@ async fn write_manifest(
         part += 1;
         progress.listed(count);
     }
-    Ok(count)
+    Ok((count, total_bytes))
 }
 
 fn manifest_schema() -> SchemaRef {
