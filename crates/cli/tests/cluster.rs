@@ -102,22 +102,28 @@ fn an_unreachable_scheduler_is_a_clear_one_line_error_within_seconds() {
     assert!(!tmp.path().join("o/_SUCCESS").exists());
 }
 
+/// Starts featurizing the shared Training folder on `cluster`, in the background.
+fn start_job(out: &Path, cluster: &Cluster, extra: &[&str]) -> std::process::Child {
+    fruits()
+        .arg("featurize")
+        .arg("--input")
+        .arg(training())
+        .arg("--output")
+        .arg(out)
+        .args(["--cluster", &cluster.url()])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
     let mut cluster = Cluster::start(2, 1);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let job = fruits()
-        .arg("featurize")
-        .arg("--input")
-        .arg(training())
-        .arg("--output")
-        .arg(&out)
-        .args(["--limit", "2000", "--rows-per-task", "50", "--cluster", &cluster.url()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = start_job(&out, &cluster, &["--limit", "2000", "--rows-per-task", "50"]);
     // Let both executors take tasks, then kill one without warning.
     std::thread::sleep(Duration::from_secs(6));
     let victim = cluster.executors.pop().unwrap();
@@ -140,26 +146,11 @@ fn an_executor_that_joins_mid_job_takes_tasks() {
     let mut cluster = Cluster::start(1, 1);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let job = fruits()
-        .arg("featurize")
-        .arg("--input")
-        .arg(training())
-        .arg("--output")
-        .arg(&out)
-        .args([
-            "--limit",
-            "1200",
-            "--rows-per-task",
-            "24",
-            "--input-size",
-            "100",
-            "--cluster",
-            &cluster.url(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = start_job(
+        &out,
+        &cluster,
+        &["--limit", "1200", "--rows-per-task", "24", "--input-size", "100"],
+    );
     std::thread::sleep(Duration::from_secs(2));
     cluster.add_executor(1);
     let result = job.wait_with_output().unwrap();
