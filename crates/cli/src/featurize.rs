@@ -75,14 +75,20 @@ fn print_summary(s: &Summary) {
         s.bytes_read as f64 / 1e6
     );
     println!(
-        "stages: list {:.1} s, featurize+write {:.1} s, commit {:.1} s; worker time: read {:.1} s, preprocess {:.1} s, inference {:.1} s",
+        "stages: list {:.1} s, featurize+write {:.1} s, commit {:.1} s",
         s.stages_ms.list as f64 / 1000.0,
         s.stages_ms.featurize_and_write as f64 / 1000.0,
         s.stages_ms.commit as f64 / 1000.0,
-        s.worker_ms.read_ms as f64 / 1000.0,
-        s.worker_ms.preprocess_ms as f64 / 1000.0,
-        s.worker_ms.infer_ms as f64 / 1000.0
     );
+    // Worker counters live in the executor's process: only an in-process run has them.
+    if s.worker_ms.images > 0 {
+        println!(
+            "worker time (summed over threads): read {:.1} s, preprocess {:.1} s, inference {:.1} s",
+            s.worker_ms.read_ms as f64 / 1000.0,
+            s.worker_ms.preprocess_ms as f64 / 1000.0,
+            s.worker_ms.infer_ms as f64 / 1000.0
+        );
+    }
     println!(
         "engine: {}, {} executor(s): {}",
         s.engine,

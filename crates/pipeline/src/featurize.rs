@@ -60,6 +60,8 @@ pub struct Summary {
     pub images_per_s: f64,
     pub stages_ms: Stages,
     /// Worker time summed over threads (CPU-bound work: close to CPU time).
+    /// Counted in the executor's process, so only in-process runs fill it;
+    /// on a remote cluster it stays zero.
     pub worker_ms: StatsSnapshot,
     /// Worker processes (`host:pid`) that featurized images: the executors used.
     pub executors_used: Vec<String>,
