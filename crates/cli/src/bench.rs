@@ -149,7 +149,7 @@ async fn featurize(opts: BenchOptions, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = fruits_engine::cores();
     println!(
         "featurize benchmark: {} images from {}, {cores} cores; CPU-ms per image",
         rows.first().map_or(0, |r| r.images),

@@ -56,9 +56,7 @@ pub async fn executor(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot resolve the scheduler address '{}'", args.scheduler))?
         .next()
         .with_context(|| format!("'{}' resolves to no address", args.scheduler))?;
-    let slots = args
-        .slots
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let slots = args.slots.unwrap_or_else(fruits_engine::cores);
     let opts = ExecutorOptions {
         scheduler,
         listen: args.listen,

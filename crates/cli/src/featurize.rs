@@ -46,9 +46,7 @@ pub async fn run(args: FeaturizeArgs) -> anyhow::Result<ExitCode> {
         input_size: args.input_size,
         model_dir: args.model.resolve(),
         rows_per_task: args.rows_per_task,
-        parallelism: args
-            .parallelism
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        parallelism: args.parallelism.unwrap_or_else(fruits_engine::cores),
         cluster: args.cluster,
     };
     let bar = Arc::new(Bar::new());

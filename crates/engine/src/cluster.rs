@@ -15,24 +15,9 @@ use ballista_executor::executor_process::{start_executor_process, ExecutorProces
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::scheduler_process::start_server;
-use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::{functions, runtime_env, EngineOptions, Error};
-
-/// A session state with our runtime and functions, for any role.
-fn state(config: SessionConfig, opts: &EngineOptions) -> datafusion::error::Result<SessionState> {
-    let runtime = runtime_env().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    let mut state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .build();
-    for udf in functions(opts) {
-        state.register_udf(Arc::new(udf))?;
-    }
-    Ok(state)
-}
+use crate::{register_functions, runtime_env, session_state, EngineOptions, Error};
 
 /// Runs Ballista's scheduler on `listen` until the process ends.
 pub async fn run_scheduler(listen: SocketAddr, executor_timeout_s: u64, opts: &EngineOptions) -> Result<(), Error> {
@@ -46,7 +31,7 @@ pub async fn run_scheduler(listen: SocketAddr, executor_timeout_s: u64, opts: &E
         executor_timeout_seconds: executor_timeout_s,
         expire_dead_executor_interval_seconds: 2,
         no_executors_grace_period_seconds: executor_timeout_s,
-        override_session_builder: Some(Arc::new(move |config| state(config, &builder_opts))),
+        override_session_builder: Some(Arc::new(move |config| session_state(config, &builder_opts))),
         ..Default::default()
     };
     let cluster = BallistaCluster::new_from_config(&config)
@@ -72,7 +57,7 @@ pub struct ExecutorOptions {
 
 /// Runs a Ballista executor registered with the scheduler until the process ends.
 pub async fn run_executor(opts: &ExecutorOptions) -> Result<(), Error> {
-    let registry_state = state(SessionConfig::new_with_ballista(), &opts.engine)?;
+    let registry_state = session_state(SessionConfig::new_with_ballista(), &opts.engine)?;
     let config = ExecutorProcessConfig {
         bind_host: opts.listen.ip().to_string(),
         port: opts.listen.port(),
@@ -114,13 +99,11 @@ pub async fn remote(url: &str, opts: &EngineOptions) -> Result<SessionContext, E
     let config = SessionConfig::new_with_ballista()
         .with_target_partitions(opts.parallelism)
         .with_ballista_job_name("fruits");
-    let state = state(config, opts)?;
+    let state = session_state(config, opts)?;
     let ctx = SessionContext::remote_with_state(url, state)
         .await
         .map_err(|e| unreachable(url, &e.to_string()))?;
-    for udf in functions(opts) {
-        ctx.register_udf(udf);
-    }
+    register_functions(&ctx, opts);
     Ok(ctx)
 }
 

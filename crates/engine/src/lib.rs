@@ -16,7 +16,7 @@ use ballista::prelude::{SessionConfigExt, SessionContextExt};
 use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
+use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
@@ -42,9 +42,16 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     pub fn new(model_dir: PathBuf) -> Self {
-        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self { model_dir, parallelism }
+        Self {
+            model_dir,
+            parallelism: cores(),
+        }
     }
+}
+
+/// This machine's cores (2 if unknown): the default for task slots and partitions.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// A Ballista standalone session (scheduler and executor in this process).
@@ -53,22 +60,35 @@ pub async fn in_process(opts: &EngineOptions) -> Result<SessionContext, Error> {
         .with_target_partitions(opts.parallelism)
         .with_ballista_standalone_parallelism(opts.parallelism)
         .with_ballista_job_name("fruits");
+    let state = session_state(config, opts)?;
+    let ctx = SessionContext::standalone_with_state(state)
+        .await
+        .map_err(|e| Error::Start(e.to_string()))?;
+    register_functions(&ctx, opts);
+    Ok(ctx)
+}
+
+/// A session state with our runtime and functions, for any role (client,
+/// scheduler, executor).
+pub(crate) fn session_state(config: SessionConfig, opts: &EngineOptions) -> datafusion::error::Result<SessionState> {
+    let runtime = runtime_env().map_err(|e| DataFusionError::External(Box::new(e)))?;
     let mut state = SessionStateBuilder::new()
         .with_config(config)
-        .with_runtime_env(runtime_env()?)
+        .with_runtime_env(runtime)
         .with_default_features()
         .build();
     for udf in functions(opts) {
         state.register_udf(Arc::new(udf))?;
     }
-    let ctx = SessionContext::standalone_with_state(state)
-        .await
-        .map_err(|e| Error::Start(e.to_string()))?;
-    // The context Ballista returns is a fresh one: register again for planning.
+    Ok(state)
+}
+
+/// The context Ballista returns is a fresh one: our functions are registered
+/// again on it, for planning.
+pub(crate) fn register_functions(ctx: &SessionContext, opts: &EngineOptions) {
     for udf in functions(opts) {
         ctx.register_udf(udf);
     }
-    Ok(ctx)
 }
 
 /// Every function the product adds to the engine.

@@ -164,7 +164,7 @@ async fn end_to_end(opts: &BenchOptions, size: u32, n: usize) -> Result<f64, Err
         input_size: Some(size),
         model_dir: opts.model_dir.clone(),
         rows_per_task: 64,
-        parallelism: std::thread::available_parallelism().map_or(2, |p| p.get()),
+        parallelism: fruits_engine::cores(),
         cluster: None,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
