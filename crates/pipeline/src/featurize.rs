@@ -250,6 +250,9 @@ pub fn errors_schema() -> SchemaRef {
 
 type Written = (Vec<String>, usize);
 
+/// Rows per partition of the output sort, at most (≈ 5 KiB each).
+const ROWS_PER_SORT_PARTITION: usize = 10_000;
+
 #[allow(clippy::too_many_arguments)]
 async fn featurize_and_write(
     ctx: &SessionContext,
@@ -261,6 +264,14 @@ async fn featurize_and_write(
     listed: usize,
     progress: &Arc<dyn Progress>,
 ) -> Result<Outcome, Error> {
+    // The output sort holds one range partition per task in memory: enough
+    // partitions keep that small whatever the number of images.
+    let partitions = ctx
+        .copied_config()
+        .target_partitions()
+        .max(listed.div_ceil(ROWS_PER_SORT_PARTITION));
+    ctx.sql(&format!("SET datafusion.execution.target_partitions = {partitions}"))
+        .await?;
     // A trailing slash makes the engine read the folder, not one file.
     let folder = format!("{}/", manifest_dir.uri());
     let table = ctx.read_parquet(folder, ParquetReadOptions::default()).await?;
@@ -270,7 +281,11 @@ async fn featurize_and_write(
         lit(i64::from(input_size)),
         lit(manifest.onnx.sha256.clone()),
     ]);
-    let df = table.select(vec![col("path"), col("label"), call.alias("r")])?;
+    // Sorted by path: the same input gives the same output bytes, in-process
+    // or on any cluster, whatever the task order.
+    let df = table
+        .select(vec![col("path"), col("label"), call.alias("r")])?
+        .sort(vec![col("path").sort(true, false)])?;
     let metadata = vec![
         KeyValue::new("fruits.model".into(), manifest.model.clone()),
         KeyValue::new("fruits.model_sha256".into(), manifest.onnx.sha256.clone()),

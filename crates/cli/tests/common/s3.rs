@@ -79,6 +79,20 @@ impl S3Server {
         assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
     }
 
+    /// From now on every request must carry a key id known to moto's IAM
+    /// (its `reset-auth` switch); the tests' own key is not one.
+    pub fn enforce_auth(&self) {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            conn,
+            "POST /moto-api/reset-auth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1\r\nConnection: close\r\n\r\n0"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "reset-auth: {reply}");
+    }
+
     /// A store client for uploading and checking, configured explicitly.
     pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
         let s3 = AmazonS3Builder::new()
