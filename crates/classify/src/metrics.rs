@@ -1,0 +1,105 @@
+//! How good a classifier is on labelled rows: accuracy, top-5 accuracy,
+//! precision/recall/F1 per class, macro (every class counts the same) and
+//! weighted (by support), and the confusion matrix.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub rows: usize,
+    pub accuracy: f64,
+    pub top5_accuracy: f64,
+    pub precision_macro: f64,
+    pub recall_macro: f64,
+    pub f1_macro: f64,
+    pub precision_weighted: f64,
+    pub recall_weighted: f64,
+    pub f1_weighted: f64,
+    pub per_class: Vec<ClassMetrics>,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<u32>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Rows whose true class this is.
+    pub support: usize,
+}
+
+/// Indices of the `k` largest values, largest first.
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// Scores probabilities (row-major `n × classes`) against true labels.
+pub fn evaluate(truth: &[u32], proba: &[f32], classes: usize) -> Evaluation {
+    let n = truth.len();
+    assert_eq!(proba.len(), n * classes, "one probability row per label");
+    let mut confusion = vec![vec![0u32; classes]; classes];
+    let mut top5 = 0;
+    for (i, &t) in truth.iter().enumerate() {
+        let best = top_k(&proba[i * classes..(i + 1) * classes], 5);
+        confusion[t as usize][best[0]] += 1;
+        top5 += usize::from(best.contains(&(t as usize)));
+    }
+    let per_class: Vec<ClassMetrics> = (0..classes).map(|c| class_metrics(&confusion, c)).collect();
+    let correct: u32 = (0..classes).map(|c| confusion[c][c]).sum();
+    let present: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
+    let macro_of = |f: fn(&ClassMetrics) -> f64| present.iter().map(|m| f(m)).sum::<f64>() / present.len().max(1) as f64;
+    let weighted_of =
+        |f: fn(&ClassMetrics) -> f64| present.iter().map(|m| f(m) * m.support as f64).sum::<f64>() / n.max(1) as f64;
+    Evaluation {
+        rows: n,
+        accuracy: f64::from(correct) / n.max(1) as f64,
+        top5_accuracy: top5 as f64 / n.max(1) as f64,
+        precision_macro: macro_of(|m| m.precision),
+        recall_macro: macro_of(|m| m.recall),
+        f1_macro: macro_of(|m| m.f1),
+        precision_weighted: weighted_of(|m| m.precision),
+        recall_weighted: weighted_of(|m| m.recall),
+        f1_weighted: weighted_of(|m| m.f1),
+        per_class,
+        confusion,
+    }
+}
+
+fn class_metrics(confusion: &[Vec<u32>], c: usize) -> ClassMetrics {
+    let hit = f64::from(confusion[c][c]);
+    let support: u32 = confusion[c].iter().sum();
+    let predicted: u32 = confusion.iter().map(|row| row[c]).sum();
+    let ratio = |a: f64, b: u32| if b == 0 { 0.0 } else { a / f64::from(b) };
+    let (precision, recall) = (ratio(hit, predicted), ratio(hit, support));
+    let f1 = if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    };
+    ClassMetrics {
+        precision,
+        recall,
+        f1,
+        support: support as usize,
+    }
+}
+
+impl Evaluation {
+    /// The most frequent confusions, `(true, predicted, count)`, largest first.
+    pub fn worst_confusions(&self, limit: usize) -> Vec<(usize, usize, u32)> {
+        let mut pairs: Vec<(usize, usize, u32)> = self
+            .confusion
+            .iter()
+            .enumerate()
+            .flat_map(|(t, row)| row.iter().enumerate().map(move |(p, &k)| (t, p, k)))
+            .filter(|&(t, p, k)| t != p && k > 0)
+            .collect();
+        pairs.sort_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        pairs.truncate(limit);
+        pairs
+    }
+}

@@ -1,0 +1,96 @@
+use super::forest::{ForestOptions, RandomForest};
+use super::logistic::{LogisticOptions, LogisticRegression};
+use super::metrics::evaluate;
+use super::*;
+use crate::rng::Rng;
+
+/// `classes` Gaussian-ish blobs in `dim` dimensions, `per` rows each.
+fn blobs(classes: usize, dim: usize, per: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Rng::new(seed);
+    let mut unit = move || (rng.below(1_000_000) as f32 / 1_000_000.0) * 2.0 - 1.0;
+    let centres: Vec<Vec<f32>> = (0..classes).map(|_| (0..dim).map(|_| 3.0 * unit()).collect()).collect();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..classes * per {
+        let c = i % classes;
+        x.extend(centres[c].iter().map(|m| m + spread * unit()));
+        y.push(c as u32);
+    }
+    (x, y)
+}
+
+#[test]
+fn logistic_regression_separates_blobs_and_generalises() {
+    let (x, y) = blobs(12, 8, 60, 1.0, 1);
+    let (tx, ty) = blobs(12, 8, 20, 1.0, 1);
+    let train = Samples::new(8, &x, &y, 12).unwrap();
+    let model = LogisticRegression::fit(&train, LogisticOptions::default()).unwrap();
+    let proba = model.predict_proba(8, &tx).unwrap();
+    let eval = evaluate(&ty, &proba, 12);
+    assert!(eval.accuracy > 0.95, "accuracy {}", eval.accuracy);
+    for row in proba.chunks(12) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn logistic_regression_reaches_the_known_optimum_on_two_points() {
+    // Two 1-d points of two classes with no penalty: the loss goes to 0.
+    let x = [-1.0f32, 1.0];
+    let y = [0u32, 1];
+    let data = Samples::new(1, &x, &y, 2).unwrap();
+    let opts = LogisticOptions {
+        l2: 0.0,
+        standardize: false,
+        max_iterations: 200,
+        tolerance: 1e-9,
+    };
+    let model = LogisticRegression::fit(&data, opts).unwrap();
+    assert!(model.final_loss < 1e-3, "loss {}", model.final_loss);
+}
+
+#[test]
+fn forest_separates_blobs_and_is_reproducible() {
+    let (x, y) = blobs(10, 6, 80, 1.0, 2);
+    let (tx, ty) = blobs(10, 6, 20, 1.0, 2);
+    let train = Samples::new(6, &x, &y, 10).unwrap();
+    let opts = ForestOptions {
+        trees: 30,
+        ..Default::default()
+    };
+    let a = RandomForest::fit(&train, opts).unwrap();
+    let eval = evaluate(&ty, &a.predict_proba(6, &tx).unwrap(), 10);
+    assert!(eval.accuracy > 0.9, "accuracy {}", eval.accuracy);
+    let b = RandomForest::fit(&train, opts).unwrap();
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap(),
+        "same seed, same forest"
+    );
+}
+
+#[test]
+fn metrics_by_hand() {
+    // Truth 0,0,1,2; predicted 0,1,1,2 → class 0: P 1, R .5; class 1: P .5, R 1; class 2: 1, 1.
+    let onehot = |c: usize| {
+        let mut r = vec![0.0f32; 3];
+        r[c] = 1.0;
+        r
+    };
+    let proba: Vec<f32> = [0, 1, 1, 2].iter().flat_map(|&c| onehot(c)).collect();
+    let e = evaluate(&[0, 0, 1, 2], &proba, 3);
+    assert_eq!(e.accuracy, 0.75);
+    assert_eq!(e.top5_accuracy, 1.0);
+    assert!((e.precision_macro - (1.0 + 0.5 + 1.0) / 3.0).abs() < 1e-12);
+    assert!((e.recall_weighted - (0.5 * 2.0 + 1.0 + 1.0) / 4.0).abs() < 1e-12);
+    let f1_0 = 2.0 * 0.5 / 1.5;
+    assert!((e.f1_macro - (f1_0 + f1_0 + 1.0) / 3.0).abs() < 1e-12);
+    assert_eq!(e.confusion[0], vec![1, 1, 0]);
+    assert_eq!(e.worst_confusions(5), vec![(0, 1, 1)]);
+}
+
+#[test]
+fn bad_shapes_are_refused() {
+    assert!(Samples::new(2, &[1.0, 2.0, 3.0], &[0], 1).is_err());
+    assert!(Samples::new(1, &[1.0], &[3], 2).is_err());
+    assert!(Samples::new(1, &[], &[], 2).is_err());
+}
