@@ -66,7 +66,9 @@ pub enum Node {
 impl RandomForest {
     pub fn fit(data: &Samples, options: ForestOptions) -> Result<Self, Error> {
         let binned = Binned::new(data);
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(options.trees.max(1));
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(options.trees.max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let mut trees: Vec<(usize, Tree)> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
@@ -133,7 +135,13 @@ impl Tree {
                     threshold,
                     left,
                     right,
-                } => at = if row[*feature as usize] <= *threshold { *left } else { *right } as usize,
+                } => {
+                    at = if row[*feature as usize] <= *threshold {
+                        *left
+                    } else {
+                        *right
+                    } as usize
+                }
                 Node::Leaf { classes, probabilities } => return (classes, probabilities),
             }
         }
@@ -155,7 +163,9 @@ impl Binned {
         for f in 0..data.dim {
             let mut sample: Vec<f32> = (0..n).step_by(step).map(|i| data.x[i * data.dim + f]).collect();
             sample.sort_by(f32::total_cmp);
-            let mut edges: Vec<f32> = (1..MAX_BINS).map(|q| sample[q * (sample.len() - 1) / MAX_BINS]).collect();
+            let mut edges: Vec<f32> = (1..MAX_BINS)
+                .map(|q| sample[q * (sample.len() - 1) / MAX_BINS])
+                .collect();
             edges.dedup();
             let column = (0..n)
                 .map(|i| edges.partition_point(|&e| e < data.x[i * data.dim + f]) as u8)
@@ -316,7 +326,8 @@ impl<'a> Grower<'a> {
             }
         }
         let parent: f64 = totals.iter().map(|&k| f64::from(k) * f64::from(k)).sum::<f64>() / rows.len() as f64;
-        best.filter(|(score, _, _)| *score > parent + 1e-12).map(|(_, f, b)| (f, b))
+        best.filter(|(score, _, _)| *score > parent + 1e-12)
+            .map(|(_, f, b)| (f, b))
     }
 }
 

@@ -168,7 +168,14 @@ impl Objective<'_> {
             }
         }
         let mut gw = Mat::<f64>::zeros(d, c);
-        matmul(gw.as_mut(), Accum::Replace, self.x.transpose(), z.as_ref(), 1.0, Par::rayon(0));
+        matmul(
+            gw.as_mut(),
+            Accum::Replace,
+            self.x.transpose(),
+            z.as_ref(),
+            1.0,
+            Par::rayon(0),
+        );
         let mut penalty = 0.0;
         for r in 0..d {
             for j in 0..c {

@@ -51,7 +51,8 @@ pub fn evaluate(truth: &[u32], proba: &[f32], classes: usize) -> Evaluation {
     let per_class: Vec<ClassMetrics> = (0..classes).map(|c| class_metrics(&confusion, c)).collect();
     let correct: u32 = (0..classes).map(|c| confusion[c][c]).sum();
     let present: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
-    let macro_of = |f: fn(&ClassMetrics) -> f64| present.iter().map(|m| f(m)).sum::<f64>() / present.len().max(1) as f64;
+    let macro_of =
+        |f: fn(&ClassMetrics) -> f64| present.iter().map(|m| f(m)).sum::<f64>() / present.len().max(1) as f64;
     let weighted_of =
         |f: fn(&ClassMetrics) -> f64| present.iter().map(|m| f(m) * m.support as f64).sum::<f64>() / n.max(1) as f64;
     Evaluation {

@@ -102,11 +102,11 @@ fn print_summary(s: &Summary) {
 }
 
 /// An indicatif bar on stderr (hidden when stderr is not a terminal).
-struct Bar(ProgressBar);
+pub(crate) struct Bar(pub(crate) ProgressBar);
 
 impl Bar {
     /// Draws nothing until the job reports, so log lines come first.
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(ProgressBar::new_spinner())
     }
 }
@@ -125,5 +125,12 @@ impl Progress for Bar {
             self.0.set_style(style);
         }
         self.0.set_position(done as u64);
+    }
+
+    fn stage(&self, name: &str) {
+        self.0.set_style(ProgressStyle::default_spinner());
+        self.0.set_length(0);
+        self.0.set_message(name.to_string());
+        self.0.tick();
     }
 }

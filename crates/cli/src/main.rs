@@ -4,6 +4,7 @@
 mod bench;
 mod cluster;
 mod featurize;
+mod learn;
 mod model;
 
 use std::path::PathBuf;
@@ -35,6 +36,12 @@ enum Command {
     Scheduler(cluster::SchedulerArgs),
     /// Run a Ballista executor that takes tasks from a `fruits scheduler`.
     Executor(cluster::ExecutorArgs),
+    /// Choose PCA size and classifier settings on held-out index ranges of a featurized training set.
+    Validate(learn::ValidateArgs),
+    /// The whole pipeline: featurize train and test, PCA, classifiers, metrics, report, model bundle.
+    Run(learn::RunArgs),
+    /// Name the fruits in images with a model bundle (top classes with probabilities).
+    Predict(learn::PredictArgs),
 }
 
 /// The model directory: the flag, else `$FRUITS_MODEL_DIR`, else the user cache.
@@ -67,6 +74,9 @@ fn main() -> ExitCode {
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Scheduler(args) => cluster::scheduler(args).await,
             Command::Executor(args) => cluster::executor(args).await,
+            Command::Validate(args) => learn::validate_cmd(args).await,
+            Command::Run(args) => learn::run_cmd(args).await,
+            Command::Predict(args) => learn::predict_cmd(args).await,
         }
     });
     match result {
@@ -82,7 +92,7 @@ fn fail(e: anyhow::Error) -> ExitCode {
 }
 
 /// The error and its causes joined, each said once, on a single line.
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut message = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -111,6 +121,8 @@ fn init_logging(filter: &str) {
                 "fruits_featurize",
                 "fruits_engine",
                 "fruits_dataset",
+                "fruits_classify",
+                "fruits_bundle",
             ]
             .map(|t| format!("{t}={level}"))
             .to_vec(),

@@ -80,6 +80,9 @@ pub(crate) fn session_state(config: SessionConfig, opts: &EngineOptions) -> data
     for udf in functions(opts) {
         state.register_udf(Arc::new(udf))?;
     }
+    for udaf in aggregate_functions() {
+        state.register_udaf(Arc::new(udaf))?;
+    }
     Ok(state)
 }
 
@@ -89,11 +92,19 @@ pub(crate) fn register_functions(ctx: &SessionContext, opts: &EngineOptions) {
     for udf in functions(opts) {
         ctx.register_udf(udf);
     }
+    for udaf in aggregate_functions() {
+        ctx.register_udaf(udaf);
+    }
 }
 
 /// Every function the product adds to the engine.
 pub fn functions(opts: &EngineOptions) -> Vec<datafusion::logical_expr::ScalarUDF> {
-    vec![fruits_featurize::udf(opts.model_dir.clone())]
+    vec![fruits_featurize::udf(opts.model_dir.clone()), fruits_pca::udf::udf()]
+}
+
+/// Every aggregate function the product adds: the partial PCA fit.
+pub fn aggregate_functions() -> Vec<datafusion::logical_expr::AggregateUDF> {
+    vec![fruits_pca::udaf::udaf()]
 }
 
 /// Every object-store URL the engine meets (manifests, outputs) resolves

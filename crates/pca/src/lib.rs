@@ -69,7 +69,10 @@ impl Pca {
         let c = MatRef::from_row_major_slice(&self.components, self.k, self.dim);
         let mut out = Mat::<f32>::zeros(n, self.k);
         matmul(out.as_mut(), Accum::Replace, x.as_ref(), c.transpose(), 1.0, Par::Seq);
-        Ok((0..n).flat_map(|i| (0..self.k).map(move |j| (i, j))).map(|(i, j)| out[(i, j)]).collect())
+        Ok((0..n)
+            .flat_map(|i| (0..self.k).map(move |j| (i, j)))
+            .map(|(i, j)| out[(i, j)])
+            .collect())
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -94,7 +97,6 @@ impl Pca {
         }
         Ok(pca)
     }
-
 }
 
 /// The sha256 of a serialized model's bytes: identifies it in plans and

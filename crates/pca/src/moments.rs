@@ -160,7 +160,9 @@ impl std::str::FromStr for Keep {
         let bad = || format!("'{s}' is neither a component count (64) nor a variance fraction (0.95 or 95%)");
         if let Some(pct) = s.strip_suffix('%') {
             let v: f64 = pct.trim().parse().map_err(|_| bad())?;
-            return (v > 0.0 && v <= 100.0).then_some(Keep::Variance(v / 100.0)).ok_or_else(bad);
+            return (v > 0.0 && v <= 100.0)
+                .then_some(Keep::Variance(v / 100.0))
+                .ok_or_else(bad);
         }
         if let Ok(k) = s.parse::<usize>() {
             return (k > 0).then_some(Keep::Count(k)).ok_or_else(bad);

@@ -73,7 +73,10 @@ fn a_model_survives_json_and_bad_json_is_refused() {
     m.add_rows(&line_points(10));
     let pca = m.fit(Keep::Count(2)).unwrap();
     let back = Pca::from_json("mem://pca", &pca.to_json()).unwrap();
-    assert_eq!((back.k, &back.mean, &back.components), (pca.k, &pca.mean, &pca.components));
+    assert_eq!(
+        (back.k, &back.mean, &back.components),
+        (pca.k, &pca.mean, &pca.components)
+    );
     assert!((back.explained_variance() - pca.explained_variance()).abs() < 1e-12);
     assert!(Pca::from_json("mem://pca", b"{\"dim\": 3}").is_err());
     let mut broken = pca.clone();

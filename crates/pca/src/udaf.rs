@@ -134,7 +134,11 @@ impl Accumulator for MomentsAccumulator {
     fn evaluate(&mut self) -> Result<ScalarValue> {
         let state = self.state()?;
         let columns: Vec<ArrayRef> = state.iter().map(|s| s.to_array()).collect::<Result<_>>()?;
-        Ok(ScalarValue::Struct(Arc::new(StructArray::try_new(fields(), columns, None)?)))
+        Ok(ScalarValue::Struct(Arc::new(StructArray::try_new(
+            fields(),
+            columns,
+            None,
+        )?)))
     }
 
     fn size(&self) -> usize {
@@ -157,7 +161,11 @@ pub fn from_array(result: &dyn Array) -> Result<Moments> {
     let Some(s) = result.as_any().downcast_ref::<StructArray>() else {
         return exec_err!("{NAME}: expected a struct result");
     };
-    let n = s.column(0).as_any().downcast_ref::<UInt64Array>().map_or(0, |a| a.value(0));
+    let n = s
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .map_or(0, |a| a.value(0));
     let (sum, gram) = (s.column(1).as_list::<i32>(), s.column(2).as_list::<i32>());
     let sum = sum.value(0).as_primitive::<Float64Type>().values().to_vec();
     Ok(Moments {

@@ -87,7 +87,11 @@ impl ScalarUDFImpl for PcaProject {
         let features = features.to_array(args.number_rows)?;
         let list = features.as_fixed_size_list();
         if list.value_length() as usize != pca.dim {
-            return exec_err!("{NAME}: vectors of {} values, the model takes {}", list.value_length(), pca.dim);
+            return exec_err!(
+                "{NAME}: vectors of {} values, the model takes {}",
+                list.value_length(),
+                pca.dim
+            );
         }
         project_list(&pca, list).map(|a| ColumnarValue::Array(Arc::new(a)))
     }
@@ -123,7 +127,10 @@ fn model(uri: &str, sha256: &str) -> Result<Arc<Pca>> {
     }
     let pca = Pca::from_json(uri, &bytes).map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
     let pca = Arc::new(pca);
-    models.lock().expect("not poisoned").insert(sha256.into(), Arc::clone(&pca));
+    models
+        .lock()
+        .expect("not poisoned")
+        .insert(sha256.into(), Arc::clone(&pca));
     Ok(pca)
 }
 

@@ -10,7 +10,10 @@
 pub mod bench;
 pub mod bench_cluster;
 pub mod featurize;
+pub mod learn;
 pub mod output;
+pub mod run;
+pub mod validate;
 
 pub use featurize::{FeaturizeJob, Summary};
 
@@ -36,6 +39,14 @@ pub enum Error {
     Incomplete { listed: usize, written: usize },
     #[error("{0}")]
     Bench(String),
+    #[error("the data has no '{0}' column")]
+    Column(&'static str),
+    #[error(transparent)]
+    Pca(#[from] fruits_pca::Error),
+    #[error(transparent)]
+    Classify(#[from] fruits_classify::Error),
+    #[error(transparent)]
+    Bundle(#[from] fruits_bundle::Error),
 }
 
 impl From<datafusion::error::DataFusionError> for Error {
@@ -61,6 +72,8 @@ pub trait Progress: Send + Sync {
     fn listed(&self, n: usize);
     /// `done` of `total` images featurized (or failed).
     fn featurized(&self, done: usize, total: usize);
+    /// A named stage of a longer job begins.
+    fn stage(&self, _name: &str) {}
 }
 
 /// Reports nothing.

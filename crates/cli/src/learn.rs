@@ -1,0 +1,241 @@
+//! `fruits validate`, `fruits run`, `fruits train`, `fruits evaluate` and
+//! `fruits predict`: reduce, learn, judge, and name fruits.
+
+use std::process::ExitCode;
+
+use fruits_pca::Keep;
+use fruits_pipeline::validate::{validate, Grid, Trial};
+
+#[derive(clap::Args)]
+pub struct ValidateArgs {
+    /// A `fruits featurize` output folder (its `features/` is read).
+    #[arg(long)]
+    features: String,
+    /// Fraction of each class's index ranges held out for validation.
+    #[arg(long, default_value_t = 0.25)]
+    holdout: f64,
+    /// PCA sizes to try: counts (64) or variance fractions (0.95).
+    #[arg(long, value_delimiter = ',', default_value = "0.9,0.95,0.99")]
+    components: Vec<Keep>,
+    /// Logistic-regression L2 penalties to try.
+    #[arg(long, value_delimiter = ',', default_value = "1e-4,1e-3")]
+    l2: Vec<f64>,
+    /// Whether to standardize inputs of the logistic regression.
+    #[arg(long, value_delimiter = ',', default_value = "true")]
+    standardize: Vec<bool>,
+    /// Random-forest sizes to try (0 to skip forests).
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    trees: Vec<usize>,
+    /// One JSON object per trial instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn validate_cmd(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let ctx =
+        fruits_engine::in_process(&fruits_engine::EngineOptions::new(fruits_backbone::default_model_dir())).await?;
+    let folder = format!("{}/features", fruits_dataset::Location::parse(&args.features)?.uri());
+    let rows = fruits_pipeline::learn::read_rows(&ctx, &folder, "features").await?;
+    let grid = Grid {
+        components: args.components,
+        l2: args.l2,
+        standardize: args.standardize,
+        trees: args.trees.into_iter().filter(|&t| t > 0).collect(),
+    };
+    if !args.json {
+        println!("| classifier | PCA | k | variance | setting | accuracy | top-5 | F1 macro | train s |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    }
+    let json = args.json;
+    let mut print = move |t: &Trial| {
+        if json {
+            println!("{}", serde_json::to_string(t).expect("a trial serializes"));
+        } else {
+            println!(
+                "| {} | {} | {} | {:.3} | {} | {:.2} % | {:.2} % | {:.4} | {:.1} |",
+                t.classifier,
+                t.components,
+                t.k,
+                t.explained_variance,
+                t.setting,
+                100.0 * t.accuracy,
+                100.0 * t.top5_accuracy,
+                t.f1_macro,
+                t.train_seconds
+            );
+        }
+    };
+    let holdout = args.holdout;
+    tokio::task::spawn_blocking(move || validate(&rows, holdout, &grid, &mut print)).await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Training images: `<class>/<image>` under this folder or prefix.
+    #[arg(long)]
+    train: String,
+    /// Test images, same layout; scored with the model fitted on --train.
+    #[arg(long)]
+    test: String,
+    /// Where features/, errors/, model/, report/ and _SUCCESS go.
+    #[arg(long)]
+    output: String,
+    /// PCA size: a count (128) or the variance to keep (0.95).
+    #[arg(long, default_value = "0.95")]
+    components: Keep,
+    /// Featurize at most this many images per split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Square input side in pixels [default: the model manifest's].
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// Images per engine task.
+    #[arg(long, default_value_t = 256)]
+    rows_per_task: usize,
+    /// Tasks run at once in-process [default: number of cores].
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Run on a Ballista cluster (`df://HOST:PORT`) instead of in-process.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: crate::ModelDirArg,
+}
+
+pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let featurize = fruits_pipeline::FeaturizeJob {
+        input: String::new(),
+        output: String::new(),
+        limit: args.limit,
+        input_size: args.input_size,
+        model_dir: args.model.resolve(),
+        rows_per_task: args.rows_per_task,
+        parallelism: args.parallelism.unwrap_or_else(fruits_engine::cores),
+        cluster: args.cluster,
+    };
+    let job = fruits_pipeline::run::RunJob {
+        train: args.train,
+        test: args.test,
+        output: args.output,
+        featurize,
+        learn: fruits_pipeline::learn::LearnOptions {
+            components: args.components,
+            ..Default::default()
+        },
+    };
+    let bar = std::sync::Arc::new(crate::featurize::Bar::new());
+    let progress: std::sync::Arc<dyn fruits_pipeline::Progress> = bar.clone();
+    let summary = fruits_pipeline::run::run(&job, &progress).await;
+    bar.0.finish_and_clear();
+    let s = summary?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = &s.metrics;
+    println!(
+        "{} classes, {} training and {} test images; PCA {} → {} components ({:.1} % of the variance)",
+        m.classes,
+        m.train_rows,
+        m.test_rows,
+        m.pca.input_dim,
+        m.pca.k,
+        100.0 * m.pca.explained_variance
+    );
+    for (name, c) in &m.classifiers {
+        println!(
+            "{name:<20} accuracy {:.2} %  top-5 {:.2} %  precision(w) {:.4}  recall(w) {:.4}  F1(macro) {:.4}  trained in {:.1} s",
+            100.0 * c.accuracy,
+            100.0 * c.top5_accuracy,
+            c.precision_weighted,
+            c.recall_weighted,
+            c.f1_macro,
+            c.train_seconds
+        );
+    }
+    let stages: Vec<String> = s
+        .stages
+        .iter()
+        .map(|st| format!("{} {:.1} s", st.stage, st.seconds))
+        .collect();
+    println!("stages: {}; wall {:.1} s", stages.join(", "), s.wall_s);
+    let failed: usize = s.featurize.values().map(|f| f.failed).sum();
+    println!(
+        "output: {} (model/, report/index.html, {failed} unreadable images in errors/, _SUCCESS written)",
+        s.output
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// A model bundle: `OUTPUT/model` of `fruits run`, or OUTPUT itself.
+    #[arg(long)]
+    model: String,
+    /// Classifier to use [default: the bundle's].
+    #[arg(long)]
+    classifier: Option<String>,
+    /// Classes shown per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// One JSON line per image.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backbone: crate::ModelDirArg,
+    /// Images (paths or URIs).
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+/// `dir/bundle.json`, else `dir/model/bundle.json`.
+pub async fn load_bundle(uri: &str) -> anyhow::Result<fruits_bundle::Bundle> {
+    let direct = fruits_bundle::Bundle::load(uri).await;
+    if let Err(fruits_bundle::Error::Storage(e)) = &direct {
+        if e.is_not_found() {
+            let nested = format!("{}/model", uri.trim_end_matches('/'));
+            return Ok(fruits_bundle::Bundle::load(&nested).await?);
+        }
+    }
+    Ok(direct?)
+}
+
+pub async fn predict_cmd(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    let bundle = load_bundle(&args.model).await?;
+    let predictor = fruits_bundle::Predictor::new(bundle, &args.backbone.resolve())?;
+    let mut failures = 0;
+    for image in &args.images {
+        let result = async {
+            let bytes = fruits_dataset::ObjectUri::from_arg(image)?.read().await?;
+            Ok::<_, anyhow::Error>(predictor.predict(&bytes, args.top, args.classifier.as_deref())?)
+        }
+        .await;
+        match result {
+            Ok(top) if args.json => println!("{}", serde_json::json!({"path": image, "top": top})),
+            Ok(top) => {
+                println!("{image}");
+                for r in top {
+                    println!("  {:<32} {:.3}", r.label, r.probability);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let message = crate::one_line(&e);
+                if args.json {
+                    println!("{}", serde_json::json!({"path": image, "error": message}));
+                } else {
+                    eprintln!("{image}: {message}");
+                }
+            }
+        }
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
