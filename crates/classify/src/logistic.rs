@@ -74,7 +74,7 @@ impl LogisticRegression {
 
     /// Class probabilities, row-major `n × classes`.
     pub fn predict_proba(&self, dim: usize, x: &[f32]) -> Result<Vec<f32>, Error> {
-        if dim != self.dim || x.len() % dim != 0 {
+        if dim != self.dim || !x.len().is_multiple_of(dim) {
             return Err(Error::Dimension {
                 expected: self.dim,
                 got: dim,

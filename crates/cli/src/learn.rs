@@ -239,3 +239,92 @@ pub async fn predict_cmd(args: PredictArgs) -> anyhow::Result<ExitCode> {
         ExitCode::FAILURE
     })
 }
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A `fruits featurize` output folder.
+    #[arg(long)]
+    features: String,
+    /// Where the bundle (`model/`) and `_SUCCESS` go.
+    #[arg(long)]
+    output: String,
+    /// PCA size: a count (128) or the variance to keep (0.95).
+    #[arg(long, default_value = "0.95")]
+    components: Keep,
+    /// Fit the PCA on a Ballista cluster (`df://HOST:PORT`) instead of in-process.
+    #[arg(long)]
+    cluster: Option<String>,
+    #[command(flatten)]
+    model: crate::ModelDirArg,
+}
+
+pub async fn train_cmd(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let opts = fruits_engine::EngineOptions::new(args.model.resolve());
+    let ctx = match &args.cluster {
+        None => fruits_engine::in_process(&opts).await?,
+        Some(url) => fruits_engine::cluster::remote(url, &opts).await?,
+    };
+    let learn = fruits_pipeline::learn::LearnOptions {
+        components: args.components,
+        ..Default::default()
+    };
+    let s = fruits_pipeline::learn::train_bundle(&ctx, &args.features, &args.output, &learn).await?;
+    println!(
+        "trained on {} rows of {} classes: PCA {} components ({:.1} % of the variance); {}",
+        s.rows,
+        s.classes,
+        s.k,
+        100.0 * s.explained_variance,
+        s.seconds
+            .iter()
+            .map(|(n, t)| format!("{n} {t:.1} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("model bundle: {}", s.bundle);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct EvaluateArgs {
+    /// A model bundle: `OUTPUT/model` of `fruits run` or `fruits train`, or OUTPUT itself.
+    #[arg(long)]
+    model: String,
+    /// Labelled images (`<class>/<image>`), or a `fruits featurize` output folder.
+    #[arg(long)]
+    input: String,
+    /// Only this classifier [default: every one in the bundle].
+    #[arg(long)]
+    classifier: Option<String>,
+    /// Print the evaluations as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backbone: crate::ModelDirArg,
+}
+
+pub async fn evaluate_cmd(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
+    let bundle = load_bundle(&args.model).await?;
+    let model_dir = args.backbone.resolve();
+    let results =
+        fruits_pipeline::learn::evaluate_bundle(&bundle, &args.input, &model_dir, args.classifier.as_deref()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} rows scored ({} of classes the model does not know left out)",
+        results.rows, results.unknown_class_rows
+    );
+    for (name, e) in &results.classifiers {
+        println!(
+            "{name:<20} accuracy {:.2} %  top-5 {:.2} %  precision(w) {:.4}  recall(w) {:.4}  F1(macro) {:.4}",
+            100.0 * e.accuracy,
+            100.0 * e.top5_accuracy,
+            e.precision_weighted,
+            e.recall_weighted,
+            e.f1_macro
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

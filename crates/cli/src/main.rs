@@ -42,6 +42,10 @@ enum Command {
     Run(learn::RunArgs),
     /// Name the fruits in images with a model bundle (top classes with probabilities).
     Predict(learn::PredictArgs),
+    /// Fit PCA and both classifiers on a featurize output; write a model bundle.
+    Train(learn::TrainArgs),
+    /// Score a model bundle on labelled images or a featurize output.
+    Evaluate(learn::EvaluateArgs),
 }
 
 /// The model directory: the flag, else `$FRUITS_MODEL_DIR`, else the user cache.
@@ -77,6 +81,8 @@ fn main() -> ExitCode {
             Command::Validate(args) => learn::validate_cmd(args).await,
             Command::Run(args) => learn::run_cmd(args).await,
             Command::Predict(args) => learn::predict_cmd(args).await,
+            Command::Train(args) => learn::train_cmd(args).await,
+            Command::Evaluate(args) => learn::evaluate_cmd(args).await,
         }
     });
     match result {

@@ -179,3 +179,51 @@ fn an_executor_that_joins_mid_job_takes_tasks() {
     );
     assert!(summary["bytes_read"].as_u64().unwrap() > 1_000_000, "{summary}");
 }
+
+#[test]
+fn run_on_the_cluster_fits_the_in_process_model() {
+    let cluster = Cluster::start(2, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, test) = common::holdout_split(tmp.path());
+    let run = |out: &Path, cluster: Option<&str>| {
+        let mut cmd = fruits();
+        cmd.arg("run")
+            .arg("--train")
+            .arg(&train)
+            .arg("--test")
+            .arg(&test)
+            .arg("--output")
+            .arg(out)
+            .args(["--rows-per-task", "64"]);
+        if let Some(url) = cluster {
+            cmd.args(["--cluster", url]);
+        }
+        run_ok(&mut cmd);
+        let pca: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("model/pca.json")).unwrap()).unwrap();
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report/metrics.json")).unwrap()).unwrap();
+        (pca, metrics)
+    };
+    let (remote_pca, remote_metrics) = run(&tmp.path().join("remote"), Some(&cluster.url()));
+    let (local_pca, local_metrics) = run(&tmp.path().join("local"), None);
+    assert_eq!(remote_pca["k"], local_pca["k"]);
+    assert_eq!(remote_pca["rows"], local_pca["rows"]);
+    let floats =
+        |v: &serde_json::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    for key in ["mean", "components", "explained_variance_ratio"] {
+        let worst = floats(&remote_pca[key])
+            .iter()
+            .zip(floats(&local_pca[key]))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "{key}: cluster and in-process differ by {worst}");
+    }
+    for name in ["logistic_regression", "random_forest"] {
+        let (r, l) = (
+            remote_metrics["classifiers"][name]["accuracy"].as_f64().unwrap(),
+            local_metrics["classifiers"][name]["accuracy"].as_f64().unwrap(),
+        );
+        assert!((r - l).abs() < 0.005, "{name}: {r} on the cluster, {l} in-process");
+    }
+}

@@ -58,7 +58,7 @@ impl Pca {
 
     /// Projects rows given row-major (`n × dim`) to `n × k`, row-major.
     pub fn project(&self, rows: &[f32]) -> Result<Vec<f32>, Error> {
-        if rows.len() % self.dim != 0 {
+        if !rows.len().is_multiple_of(self.dim) {
             return Err(Error::Dimension {
                 expected: self.dim,
                 got: rows.len() % self.dim,

@@ -8,10 +8,12 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float32Type;
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
+use fruits_bundle::{Bundle, BundleManifest, FileRef};
 use fruits_classify::forest::{ForestOptions, RandomForest};
 use fruits_classify::logistic::{LogisticOptions, LogisticRegression};
 use fruits_classify::metrics::{evaluate, Evaluation};
 use fruits_classify::{Classifier, Samples};
+use fruits_dataset::Location;
 use fruits_pca::{Keep, Moments, Pca};
 use serde::Serialize;
 
@@ -219,5 +221,160 @@ pub fn score(classifier: &Classifier, rows: &Rows, classes: &[String]) -> Result
         evaluation: evaluate(&y, &proba, c),
         predicted,
         truth: y,
+    })
+}
+
+/// What `fruits train` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub rows: usize,
+    pub classes: usize,
+    pub k: usize,
+    pub explained_variance: f64,
+    pub seconds: Vec<(String, f64)>,
+    pub bundle: String,
+}
+
+/// The backbone manifest and input size a featurize output was made with.
+async fn featurized_with(features: &Location) -> Result<(fruits_backbone::Manifest, u32), Error> {
+    let marker = features.child(crate::output::SUCCESS);
+    let bytes = marker.read().await?;
+    let summary: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::NotFeatures(format!("{marker}: {e}")))?;
+    let model = serde_json::from_value(summary["model"].clone())
+        .map_err(|e| Error::NotFeatures(format!("{marker} names no backbone model: {e}")))?;
+    let size = summary["input_size"]
+        .as_u64()
+        .ok_or_else(|| Error::NotFeatures(format!("{marker} has no input_size")))?;
+    Ok((model, size as u32))
+}
+
+/// `fruits train`: PCA on the engine, classifiers here, the bundle written to
+/// `OUTPUT/model/`, then `OUTPUT/_SUCCESS`.
+pub async fn train_bundle(
+    ctx: &SessionContext,
+    features: &str,
+    output: &str,
+    opts: &LearnOptions,
+) -> Result<TrainSummary, Error> {
+    let features = Location::parse(features)?;
+    let out = Location::parse(output)?;
+    let (backbone, input_size) = featurized_with(&features).await?;
+    crate::output::begin(&out).await?;
+    let folder = format!("{}/features", features.uri());
+    let t = Instant::now();
+    let pca = fit_pca(ctx, &folder, opts.components).await?;
+    let mut seconds = vec![("PCA".to_string(), t.elapsed().as_secs_f64())];
+    let rows = read_rows(ctx, &folder, "features").await?;
+    let reduced = Rows {
+        dim: pca.k,
+        x: pca.project(&rows.x)?,
+        ..rows
+    };
+    let classes = reduced.classes();
+    let opts = *opts;
+    let (trained, reduced, classes) =
+        tokio::task::spawn_blocking(move || train(&reduced, &classes, &opts).map(|t| (t, reduced, classes)))
+            .await
+            .map_err(|e| Error::Bench(format!("training failed: {e}")))??;
+    seconds.extend(trained.iter().map(|t| (t.classifier.name().to_string(), t.seconds)));
+    let bundle = Bundle {
+        manifest: BundleManifest {
+            format: fruits_bundle::FORMAT,
+            classes: classes.clone(),
+            backbone,
+            input_size,
+            pca: FileRef {
+                file: String::new(),
+                sha256: String::new(),
+            },
+            classifiers: Vec::new(),
+            default_classifier: opts.default_classifier.into(),
+        },
+        pca: pca.clone(),
+        classifiers: trained.into_iter().map(|t| t.classifier).collect(),
+    };
+    let model_dir = Location::parse(&out.child("model").to_string())?;
+    bundle.save(&model_dir).await?;
+    let summary = TrainSummary {
+        rows: reduced.len(),
+        classes: classes.len(),
+        k: pca.k,
+        explained_variance: pca.explained_variance(),
+        seconds,
+        bundle: model_dir.uri(),
+    };
+    crate::output::commit(
+        &out,
+        &serde_json::to_string_pretty(&summary).expect("summary serializes"),
+    )
+    .await?;
+    Ok(summary)
+}
+
+/// What `fruits evaluate` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluateResult {
+    pub rows: usize,
+    pub unknown_class_rows: usize,
+    pub classifiers: Vec<(String, Evaluation)>,
+}
+
+/// `fruits evaluate`: scores a bundle on labelled images, or on a featurize
+/// output made with the bundle's backbone and input size.
+pub async fn evaluate_bundle(
+    bundle: &Bundle,
+    input: &str,
+    model_dir: &std::path::Path,
+    only: Option<&str>,
+) -> Result<EvaluateResult, Error> {
+    let location = Location::parse(input)?;
+    let opts = fruits_engine::EngineOptions::new(model_dir.to_path_buf());
+    let ctx = fruits_engine::in_process(&opts).await?;
+    let scratch;
+    let features = match featurized_with(&location).await {
+        Ok((backbone, size)) => {
+            if backbone.onnx.sha256 != bundle.manifest.backbone.onnx.sha256 || size != bundle.manifest.input_size {
+                return Err(Error::NotFeatures(format!(
+                    "{input} was featurized with another backbone or input size than the model's"
+                )));
+            }
+            location
+        }
+        Err(_) => {
+            scratch = tempfile::tempdir().map_err(|e| Error::Bench(format!("no scratch folder: {e}")))?;
+            let job = crate::FeaturizeJob {
+                input: input.into(),
+                output: scratch.path().display().to_string(),
+                limit: None,
+                input_size: Some(bundle.manifest.input_size),
+                model_dir: model_dir.to_path_buf(),
+                rows_per_task: 256,
+                parallelism: opts.parallelism,
+                cluster: None,
+            };
+            let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
+            crate::featurize::run_on(&ctx, &job, &quiet).await?;
+            Location::parse(&scratch.path().display().to_string())?
+        }
+    };
+    let rows = read_rows(&ctx, &format!("{}/features", features.uri()), "features").await?;
+    let classes = &bundle.manifest.classes;
+    let (y, x, unknown) = rows.indexed(classes);
+    let mut classifiers = Vec::new();
+    for c in &bundle.classifiers {
+        if only.is_some_and(|name| name != c.name()) {
+            continue;
+        }
+        let proba = bundle.classify_features(&x, Some(c.name()))?;
+        classifiers.push((c.name().to_string(), evaluate(&y, &proba, classes.len())));
+    }
+    if let Some(name) = only.filter(|_| classifiers.is_empty()) {
+        return Err(fruits_bundle::Error::NoSuchClassifier(name.into()).into());
+    }
+    Ok(EvaluateResult {
+        rows: y.len(),
+        unknown_class_rows: unknown.len(),
+        classifiers,
     })
 }

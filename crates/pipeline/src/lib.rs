@@ -39,6 +39,8 @@ pub enum Error {
     Incomplete { listed: usize, written: usize },
     #[error("{0}")]
     Bench(String),
+    #[error("not a featurize output: {0}")]
+    NotFeatures(String),
     #[error("the data has no '{0}' column")]
     Column(&'static str),
     #[error(transparent)]

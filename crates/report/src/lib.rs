@@ -24,9 +24,12 @@ pub struct Report {
     pub classifiers: Vec<(String, Evaluation)>,
     /// `(stage, seconds)`.
     pub timings: Vec<(String, f64)>,
-    /// Example images per `(true, predicted)` class pair: `(path, JPEG/PNG bytes)`.
-    pub examples: Vec<((usize, usize), Vec<(String, Vec<u8>)>)>,
+    /// Example images per `(true, predicted)` class pair.
+    pub examples: Vec<((usize, usize), Vec<Example>)>,
 }
+
+/// One image shown in the report: its path and its JPEG or PNG bytes.
+pub type Example = (String, Vec<u8>);
 
 /// Confused pairs shown with examples.
 pub const WORST_PAIRS: usize = 12;
@@ -119,7 +122,7 @@ impl Report {
         page.push_str("</table></section>");
     }
 
-    fn examples_of(&self, t: usize, p: usize) -> &[(String, Vec<u8>)] {
+    fn examples_of(&self, t: usize, p: usize) -> &[Example] {
         self.examples
             .iter()
             .find(|(pair, _)| *pair == (t, p))

@@ -36,6 +36,14 @@ pub fn variance_curve(ratios: &[f64], k: usize) -> String {
             yv = y(tick)
         );
     }
+    for i in [1, shown / 4, shown / 2, 3 * shown / 4, shown] {
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{i}</text>",
+            x(i.max(1) - 1),
+            h - m + 16.0
+        );
+    }
     let _ = write!(
         s,
         "<polyline fill=\"none\" stroke=\"#2a7\" stroke-width=\"2\" points=\"{points}\"/>\

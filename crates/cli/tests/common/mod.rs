@@ -80,3 +80,42 @@ pub fn success_json(out: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(out.join("_SUCCESS")).expect("_SUCCESS is written");
     serde_json::from_str(&text).expect("_SUCCESS is JSON")
 }
+
+/// Classes used by the smaller `fruits run` tests: look-alikes included
+/// (apples, cherries, tomatoes), so that a weak pipeline shows.
+pub const RUN_CLASSES: [&str; 12] = [
+    "Apple Braeburn 1",
+    "Apple Golden 1",
+    "Apple Red 1",
+    "Banana 1",
+    "Cherry 1",
+    "Cherry Rainier 1",
+    "Kiwi 1",
+    "Lemon 1",
+    "Pear 1",
+    "Strawberry 1",
+    "Tomato 1",
+    "Tomato 2",
+];
+
+/// `dir/train` and `dir/test` made by `scripts/holdout-split` (whole index
+/// ranges held out) from the [`RUN_CLASSES`] of the shared Training folder.
+pub fn holdout_split(dir: &Path) -> (PathBuf, PathBuf) {
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    for class in RUN_CLASSES {
+        let from = training().join(class);
+        assert!(from.is_dir(), "{} is missing", from.display());
+        std::os::unix::fs::symlink(from, source.join(class)).unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/holdout-split");
+    let split = dir.join("split");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&source)
+        .arg(&split)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (split.join("train"), split.join("test"))
+}

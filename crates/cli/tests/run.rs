@@ -1,0 +1,231 @@
+//! `fruits run`, `train`, `evaluate` and `predict` on real images: 12
+//! classes of the shared Training folder, split by whole index ranges.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fruits, holdout_split, read_parquet_dir, run_ok, RUN_CLASSES};
+use datafusion::arrow::array::AsArray;
+
+fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn count_images(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|c| std::fs::read_dir(c.unwrap().path()).unwrap().count())
+        .sum()
+}
+
+#[test]
+fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, test) = holdout_split(tmp.path());
+    std::fs::write(test.join("Kiwi 1/broken.jpg"), b"not an image").unwrap();
+    let out = tmp.path().join("out");
+    run_ok(
+        fruits()
+            .arg("run")
+            .arg("--train")
+            .arg(&train)
+            .arg("--test")
+            .arg(&test)
+            .arg("--output")
+            .arg(&out)
+            .args(["--rows-per-task", "64"]),
+    );
+
+    let metrics = json_file(&out.join("report/metrics.json"));
+    assert_eq!(metrics["classes"], RUN_CLASSES.len());
+    assert_eq!(metrics["train_rows"], count_images(&train));
+    assert_eq!(
+        metrics["test_rows"],
+        count_images(&test) - 1,
+        "the broken image is not a row"
+    );
+    let k = metrics["pca"]["k"].as_u64().unwrap() as i32;
+    let explained = metrics["pca"]["explained_variance"].as_f64().unwrap();
+    assert!((0.95..1.0).contains(&explained), "{explained}");
+    // Chance is 1/12; look-alike apples, cherries and tomatoes are included.
+    let floors = [("logistic_regression", 0.97), ("random_forest", 0.85)];
+    for (name, floor) in floors {
+        let c = &metrics["classifiers"][name];
+        for key in [
+            "accuracy",
+            "top5_accuracy",
+            "precision_weighted",
+            "recall_weighted",
+            "f1_macro",
+        ] {
+            assert!(c[key].is_number(), "{name}.{key} missing");
+        }
+        let accuracy = c["accuracy"].as_f64().unwrap();
+        assert!(accuracy >= floor, "{name}: accuracy {accuracy} < {floor}");
+    }
+
+    // The seed's table: path, label, split, features, pca.
+    let batches = read_parquet_dir(&out.join("features"));
+    let (mut train_rows, mut test_rows) = (0, 0);
+    for b in &batches {
+        let schema = b.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["path", "label", "split", "features", "pca"]);
+        assert_eq!(b.column(4).as_fixed_size_list().value_length(), k);
+        for split in b.column(2).as_string::<i32>().iter().flatten() {
+            match split {
+                "train" => train_rows += 1,
+                "test" => test_rows += 1,
+                other => panic!("split {other}"),
+            }
+        }
+    }
+    assert_eq!((train_rows, test_rows), (count_images(&train), count_images(&test) - 1));
+    let errors = read_parquet_dir(&out.join("errors"));
+    let failed: Vec<(String, String)> = errors
+        .iter()
+        .flat_map(|b| {
+            let (p, s) = (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>());
+            (0..b.num_rows())
+                .map(|i| (p.value(i).to_string(), s.value(i).to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].0.ends_with("Kiwi 1/broken.jpg") && failed[0].1 == "test");
+
+    let html = std::fs::read_to_string(out.join("report/index.html")).unwrap();
+    for part in [
+        "<svg",
+        "Confusion matrix",
+        "F1 per class",
+        "Run timings",
+        "explained variance",
+    ] {
+        assert!(html.contains(part), "report lacks {part}");
+    }
+    let bundle = json_file(&out.join("model/bundle.json"));
+    assert_eq!(bundle["classes"].as_array().unwrap().len(), RUN_CLASSES.len());
+    let summary = json_file(&out.join("_SUCCESS"));
+    assert!(summary["stages"].as_array().unwrap().len() >= 6);
+    assert!(!out.join("_work").exists(), "scratch is removed");
+
+    // `evaluate` featurizes the test images again and must agree with the run.
+    let eval = run_ok(
+        fruits()
+            .args(["evaluate", "--json", "--model"])
+            .arg(&out)
+            .arg("--input")
+            .arg(&test),
+    );
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let lr = eval["classifiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "logistic_regression")
+        .unwrap();
+    let same = lr[1]["accuracy"].as_f64().unwrap()
+        - metrics["classifiers"]["logistic_regression"]["accuracy"]
+            .as_f64()
+            .unwrap();
+    assert!(same.abs() < 1e-9, "evaluate and run disagree by {same}");
+
+    // `predict`: one held-out image per class, JSON lines, labels = folder names.
+    let images: Vec<_> = RUN_CLASSES
+        .iter()
+        .map(|c| {
+            let mut files: Vec<_> = std::fs::read_dir(test.join(c))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.retain(|p| !p.ends_with("broken.jpg"));
+            files.sort();
+            files[0].clone()
+        })
+        .collect();
+    let predicted = run_ok(
+        fruits()
+            .args(["predict", "--json", "--model"])
+            .arg(out.join("model"))
+            .args(&images),
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(predicted.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), RUN_CLASSES.len());
+    let mut right = 0;
+    for (line, class) in lines.iter().zip(RUN_CLASSES) {
+        let top = line["top"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        let total: f64 = top.iter().map(|t| t["probability"].as_f64().unwrap()).sum();
+        assert!(total <= 1.0 + 1e-4);
+        right += usize::from(top[0]["label"] == class);
+    }
+    assert!(right >= RUN_CLASSES.len() - 1, "{right} of {} right", RUN_CLASSES.len());
+
+    let bad = fruits()
+        .args(["predict", "--model"])
+        .arg(&out)
+        .arg(test.join("Kiwi 1/broken.jpg"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot use this image"));
+}
+
+#[test]
+fn train_and_evaluate_work_apart_on_a_featurize_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, test) = holdout_split(tmp.path());
+    let (features, model) = (tmp.path().join("features"), tmp.path().join("model"));
+    run_ok(
+        fruits()
+            .arg("featurize")
+            .arg("--input")
+            .arg(&train)
+            .arg("--output")
+            .arg(&features),
+    );
+    let trained = run_ok(
+        fruits()
+            .arg("train")
+            .arg("--features")
+            .arg(&features)
+            .arg("--output")
+            .arg(&model)
+            .args(["--components", "64"]),
+    );
+    assert!(String::from_utf8_lossy(&trained.stdout).contains("PCA 64 components"));
+    assert!(model.join("_SUCCESS").exists() && model.join("model/bundle.json").exists());
+    let eval = run_ok(
+        fruits()
+            .args(["evaluate", "--json", "--classifier", "logistic_regression", "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&test),
+    );
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let accuracy = eval["classifiers"][0][1]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.97, "accuracy {accuracy}");
+    assert_eq!(eval["classifiers"].as_array().unwrap().len(), 1);
+
+    // A damaged bundle file is refused, in one line.
+    let pca = model.join("model/pca.json");
+    let mut bytes = std::fs::read(&pca).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&pca, bytes).unwrap();
+    let out = fruits()
+        .args(["evaluate", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&test)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sha256 differs"), "{stderr}");
+}
