@@ -31,6 +31,21 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: ModelDirArg,
     },
+    /// Training and prediction time of both classifiers at 1×, 2×, 4× the featurized rows.
+    Classify {
+        /// A `fruits featurize` output folder.
+        #[arg(long)]
+        features: String,
+        /// Replication factors of the rows.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        factors: Vec<usize>,
+        /// PCA size: a count or the variance to keep.
+        #[arg(long, default_value = "0.95")]
+        components: fruits_pca::Keep,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// images/s of one featurize job on local clusters of 1, 2, … executors, the speed-up, executor memory.
     Cluster {
         /// Images to featurize (a path or URI, e.g. s3://bucket/prefix).
@@ -84,6 +99,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        BenchCommand::Classify {
+            features,
+            factors,
+            components,
+            json,
+        } => classify(&features, &factors, components, json).await,
         BenchCommand::Cluster {
             input,
             output,
@@ -172,5 +193,47 @@ async fn featurize(opts: BenchOptions, json: bool) -> anyhow::Result<ExitCode> {
             r.ratio()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn classify(
+    features: &str,
+    factors: &[usize],
+    components: fruits_pca::Keep,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let ctx =
+        fruits_engine::in_process(&fruits_engine::EngineOptions::new(fruits_backbone::default_model_dir())).await?;
+    let folder = format!("{}/features", fruits_dataset::Location::parse(features)?.uri());
+    let rows = fruits_pipeline::learn::read_rows(&ctx, &folder, "features").await?;
+    let opts = fruits_pipeline::learn::LearnOptions {
+        components,
+        ..Default::default()
+    };
+    if !json {
+        println!("| rows | k | classes | PCA fit s | LR train s (iterations) | RF train s (100 trees) | LR predict rows/s | RF predict rows/s |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    }
+    let mut print = move |b: &fruits_pipeline::bench_classify::ClassifyBench| {
+        if json {
+            println!("{}", serde_json::to_string(b).expect("a bench row serializes"));
+        } else {
+            println!(
+                "| {} | {} | {} | {:.1} | {:.1} ({}) | {:.1} | {:.0} | {:.0} |",
+                b.rows,
+                b.k,
+                b.classes,
+                b.pca_fit_s,
+                b.logistic_train_s,
+                b.logistic_iterations,
+                b.forest_train_s,
+                b.logistic_predict_rows_per_s,
+                b.forest_predict_rows_per_s
+            );
+        }
+    };
+    let factors = factors.to_vec();
+    tokio::task::spawn_blocking(move || fruits_pipeline::bench_classify::run(&rows, &factors, &opts, &mut print))
+        .await??;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@
 //! Jobs report progress through [`Progress`], so the binary decides how it shows.
 
 pub mod bench;
+pub mod bench_classify;
 pub mod bench_cluster;
 pub mod featurize;
 pub mod learn;
