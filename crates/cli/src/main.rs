@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "fruits", version, about = "Fruit images to CNN features, at data-lake scale")]
+#[command(
+    name = "fruits",
+    version,
+    about = "Fruit photos to a fruit classifier, at data-lake scale"
+)]
 struct Cli {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` works too.
     #[arg(long, global = true, env = "FRUITS_LOG", default_value = "warn,fruits=info")]
@@ -24,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline: featurize train and test, PCA, classifiers, metrics, report, model bundle.
+    Run(learn::RunArgs),
     /// Install or check the backbone model (EfficientNet-Lite0, ImageNet weights).
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -38,8 +44,6 @@ enum Command {
     Executor(cluster::ExecutorArgs),
     /// Choose PCA size and classifier settings on held-out index ranges of a featurized training set.
     Validate(learn::ValidateArgs),
-    /// The whole pipeline: featurize train and test, PCA, classifiers, metrics, report, model bundle.
-    Run(learn::RunArgs),
     /// Name the fruits in images with a model bundle (top classes with probabilities).
     Predict(learn::PredictArgs),
     /// Fit PCA and both classifiers on a featurize output; write a model bundle.
