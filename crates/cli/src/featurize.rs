@@ -31,6 +31,10 @@ pub struct FeaturizeArgs {
     /// Run on a Ballista cluster (`df://HOST:PORT` of `fruits scheduler`) instead of in-process.
     #[arg(long)]
     cluster: Option<String>,
+    /// Write rows sorted by path: byte-identical output on any engine, but
+    /// one executor merges every partition (memory grows with the input).
+    #[arg(long)]
+    sorted: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -48,6 +52,7 @@ pub async fn run(args: FeaturizeArgs) -> anyhow::Result<ExitCode> {
         rows_per_task: args.rows_per_task,
         parallelism: args.parallelism.unwrap_or_else(fruits_engine::cores),
         cluster: args.cluster,
+        sorted: args.sorted,
     };
     let bar = Arc::new(Bar::new());
     let progress: Arc<dyn Progress> = bar.clone();

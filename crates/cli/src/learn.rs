@@ -99,6 +99,9 @@ pub struct RunArgs {
     /// Run on a Ballista cluster (`df://HOST:PORT`) instead of in-process.
     #[arg(long)]
     cluster: Option<String>,
+    /// Write rows sorted by path (see `fruits featurize --sorted`).
+    #[arg(long)]
+    sorted: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -116,6 +119,7 @@ pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         rows_per_task: args.rows_per_task,
         parallelism: args.parallelism.unwrap_or_else(fruits_engine::cores),
         cluster: args.cluster,
+        sorted: args.sorted,
     };
     let job = fruits_pipeline::run::RunJob {
         train: args.train,

@@ -53,7 +53,7 @@ fn a_two_executor_cluster_gives_the_in_process_result_and_both_executors_work() 
             .arg(&input)
             .arg("--output")
             .arg(out)
-            .args(["--rows-per-task", "8"]);
+            .args(["--rows-per-task", "8", "--sorted"]);
         if let Some(url) = cluster {
             cmd.args(["--cluster", url]);
         }

@@ -166,6 +166,7 @@ async fn end_to_end(opts: &BenchOptions, size: u32, n: usize) -> Result<f64, Err
         rows_per_task: 64,
         parallelism: fruits_engine::cores(),
         cluster: None,
+        sorted: false,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     crate::featurize::run(&job, &progress).await?; // warm-up: engine, sessions

@@ -78,6 +78,7 @@ async fn one(opts: &ClusterBenchOptions, executors: usize) -> Result<ClusterRow,
         rows_per_task: opts.rows_per_task,
         parallelism: executors * opts.slots,
         cluster: Some(format!("df://127.0.0.1:{port}")),
+        sorted: false,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     let started = Instant::now();

@@ -42,6 +42,11 @@ pub struct FeaturizeJob {
     pub parallelism: usize,
     /// `df://host:port` of a Ballista scheduler; `None` runs in-process.
     pub cluster: Option<String>,
+    /// Write rows sorted by path, so that the same input gives the same
+    /// bytes on any engine. Costs memory: Ballista's final merge reads every
+    /// sorted partition at once on one executor (1067 MiB at 50,889 images,
+    /// against 530 MiB unsorted), so it is off by default.
+    pub sorted: bool,
 }
 
 /// The run summary: printed, and written as `_SUCCESS`.
@@ -131,6 +136,7 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
         input_size,
         &manifest,
         listed,
+        job.sorted,
         progress,
     )
     .await;
@@ -262,16 +268,19 @@ async fn featurize_and_write(
     input_size: u32,
     manifest: &Manifest,
     listed: usize,
+    sorted: bool,
     progress: &Arc<dyn Progress>,
 ) -> Result<Outcome, Error> {
-    // The output sort holds one range partition per task in memory: enough
-    // partitions keep that small whatever the number of images.
-    let partitions = ctx
-        .copied_config()
-        .target_partitions()
-        .max(listed.div_ceil(ROWS_PER_SORT_PARTITION));
-    ctx.sql(&format!("SET datafusion.execution.target_partitions = {partitions}"))
-        .await?;
+    if sorted {
+        // The sort's tasks hold one range partition each: enough partitions
+        // keep those small (the final merge still reads them all, see `sorted`).
+        let partitions = ctx
+            .copied_config()
+            .target_partitions()
+            .max(listed.div_ceil(ROWS_PER_SORT_PARTITION));
+        ctx.sql(&format!("SET datafusion.execution.target_partitions = {partitions}"))
+            .await?;
+    }
     // A trailing slash makes the engine read the folder, not one file.
     let folder = format!("{}/", manifest_dir.uri());
     let table = ctx.read_parquet(folder, ParquetReadOptions::default()).await?;
@@ -281,11 +290,10 @@ async fn featurize_and_write(
         lit(i64::from(input_size)),
         lit(manifest.onnx.sha256.clone()),
     ]);
-    // Sorted by path: the same input gives the same output bytes, in-process
-    // or on any cluster, whatever the task order.
-    let df = table
-        .select(vec![col("path"), col("label"), call.alias("r")])?
-        .sort(vec![col("path").sort(true, false)])?;
+    let mut df = table.select(vec![col("path"), col("label"), call.alias("r")])?;
+    if sorted {
+        df = df.sort(vec![col("path").sort(true, false)])?;
+    }
     let metadata = vec![
         KeyValue::new("fruits.model".into(), manifest.model.clone()),
         KeyValue::new("fruits.model_sha256".into(), manifest.onnx.sha256.clone()),

@@ -102,6 +102,20 @@ impl Rows {
         (y, x, unknown)
     }
 
+    /// Puts the rows in path order (the engine returns them in the order
+    /// its tasks finished).
+    pub fn sort_by_path(&mut self) {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_by(|&a, &b| self.paths[a].cmp(&self.paths[b]));
+        let d = self.dim;
+        self.paths = order.iter().map(|&i| std::mem::take(&mut self.paths[i])).collect();
+        self.labels = order.iter().map(|&i| std::mem::take(&mut self.labels[i])).collect();
+        self.x = order
+            .iter()
+            .flat_map(|&i| self.x[i * d..(i + 1) * d].to_vec())
+            .collect();
+    }
+
     /// The sorted distinct labels.
     pub fn classes(&self) -> Vec<String> {
         self.labels
@@ -121,12 +135,12 @@ pub async fn read_rows(ctx: &SessionContext, folder: &str, vectors: &str) -> Res
             ParquetReadOptions::default(),
         )
         .await?
-        .select(vec![col("path"), col("label"), col(vectors)])?
-        .sort(vec![col("path").sort(true, false)])?;
+        .select(vec![col("path"), col("label"), col(vectors)])?;
     let mut rows = Rows::default();
     for batch in df.collect().await? {
         rows.extend(&batch, vectors)?;
     }
+    rows.sort_by_path();
     Ok(rows)
 }
 
@@ -352,6 +366,7 @@ pub async fn evaluate_bundle(
                 rows_per_task: 256,
                 parallelism: opts.parallelism,
                 cluster: None,
+                sorted: false,
             };
             let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
             crate::featurize::run_on(&ctx, &job, &quiet).await?;

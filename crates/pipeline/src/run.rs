@@ -166,6 +166,7 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         &pca,
         &model_dir.child("pca.json"),
         &pca_ref.sha256,
+        job.featurize.sorted,
     )
     .await?;
     let errors = write_errors(ctx, &out, &job_id, &work).await?;
@@ -252,7 +253,8 @@ fn features_schema(k: usize) -> SchemaRef {
 }
 
 /// Projects both splits on the engine and writes `features/`; returns the
-/// files written and the reduced rows of each split.
+/// files written and the reduced rows of each split, sorted by path.
+#[allow(clippy::too_many_arguments)]
 async fn project_and_write(
     ctx: &SessionContext,
     out: &Location,
@@ -261,6 +263,7 @@ async fn project_and_write(
     pca: &Pca,
     pca_uri: &ObjectUri,
     pca_sha: &str,
+    sorted: bool,
 ) -> Result<(Vec<String>, Rows, Rows), Error> {
     let project = ctx.udf(fruits_pca::udf::NAME)?;
     let schema = features_schema(pca.k);
@@ -271,7 +274,8 @@ async fn project_and_write(
     let mut writer = PartWriter::new(out, "features", job_id, schema.clone(), metadata);
     let mut rows = [Rows::default(), Rows::default()];
     // One query per split (a UNION sorted on the split constant trips
-    // Ballista 55's adaptive planner), train first, each sorted by path.
+    // Ballista 55's adaptive planner), train first; sorted by path when the
+    // job asks for it (see `FeaturizeJob::sorted`).
     for (split, target) in ["train", "test"].into_iter().zip(rows.iter_mut()) {
         let call = project.call(vec![
             col("features"),
@@ -288,8 +292,12 @@ async fn project_and_write(
                 lit(split).alias("split"),
                 col("features"),
                 call.alias("pca"),
-            ])?
-            .sort(vec![col("path").sort(true, false)])?;
+            ])?;
+        let df = if sorted {
+            df.sort(vec![col("path").sort(true, false)])?
+        } else {
+            df
+        };
         let mut stream = df.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             let batch = conform(&batch?, &schema)?;
@@ -297,7 +305,10 @@ async fn project_and_write(
             writer.write(&batch).await?;
         }
     }
-    let [train, test] = rows;
+    let [mut train, mut test] = rows;
+    // Training must not depend on the order tasks finished in.
+    train.sort_by_path();
+    test.sort_by_path();
     let (files, _) = writer.finish().await?;
     Ok((files, train, test))
 }
