@@ -208,7 +208,8 @@ impl Predictor {
     }
 }
 
-async fn put(dir: &Location, file: &str, bytes: Vec<u8>) -> Result<FileRef, Error> {
+/// Writes `bytes` to `dir/file`; returns the file's name and sha256.
+pub async fn put(dir: &Location, file: &str, bytes: Vec<u8>) -> Result<FileRef, Error> {
     let uri = dir.child(file);
     let sha256 = fruits_pca::sha256(&bytes);
     dir.store

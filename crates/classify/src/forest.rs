@@ -102,13 +102,7 @@ impl RandomForest {
 
     /// Mean of the trees' leaf distributions, row-major `n × classes`.
     pub fn predict_proba(&self, dim: usize, x: &[f32]) -> Result<Vec<f32>, Error> {
-        if dim != self.dim || !x.len().is_multiple_of(dim) {
-            return Err(Error::Dimension {
-                expected: self.dim,
-                got: dim,
-            });
-        }
-        let n = x.len() / dim;
+        let n = crate::rows_of(self.dim, dim, x)?;
         let mut out = vec![0.0f32; n * self.classes];
         let weight = 1.0 / self.trees.len().max(1) as f32;
         for i in 0..n {

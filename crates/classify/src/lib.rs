@@ -71,6 +71,14 @@ impl<'a> Samples<'a> {
     }
 }
 
+/// Checks that `x` holds whole rows of the `expected` width; returns the row count.
+pub(crate) fn rows_of(expected: usize, dim: usize, x: &[f32]) -> Result<usize, Error> {
+    if dim != expected || !x.len().is_multiple_of(dim) {
+        return Err(Error::Dimension { expected, got: dim });
+    }
+    Ok(x.len() / dim)
+}
+
 /// Either trained model, as stored in a model bundle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -74,13 +74,7 @@ impl LogisticRegression {
 
     /// Class probabilities, row-major `n × classes`.
     pub fn predict_proba(&self, dim: usize, x: &[f32]) -> Result<Vec<f32>, Error> {
-        if dim != self.dim || !x.len().is_multiple_of(dim) {
-            return Err(Error::Dimension {
-                expected: self.dim,
-                got: dim,
-            });
-        }
-        let n = x.len() / dim;
+        let n = crate::rows_of(self.dim, dim, x)?;
         let xs = Mat::<f32>::from_fn(n, dim, |i, j| (x[i * dim + j] - self.mean[j]) / self.scale[j]);
         let w = MatRef::from_row_major_slice(&self.weights, self.dim, self.classes);
         let mut z = Mat::<f32>::zeros(n, self.classes);

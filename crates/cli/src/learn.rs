@@ -151,14 +151,15 @@ pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         100.0 * m.pca.explained_variance
     );
     for (name, c) in &m.classifiers {
+        let (e, seconds) = (&c.evaluation, c.train_seconds);
         println!(
             "{name:<20} accuracy {:.2} %  top-5 {:.2} %  precision(w) {:.4}  recall(w) {:.4}  F1(macro) {:.4}  trained in {:.1} s",
-            100.0 * c.accuracy,
-            100.0 * c.top5_accuracy,
-            c.precision_weighted,
-            c.recall_weighted,
-            c.f1_macro,
-            c.train_seconds
+            100.0 * e.accuracy,
+            100.0 * e.top5_accuracy,
+            e.precision_weighted,
+            e.recall_weighted,
+            e.f1_macro,
+            seconds
         );
     }
     let stages: Vec<String> = s

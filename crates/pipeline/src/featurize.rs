@@ -22,7 +22,6 @@ use fruits_backbone::{Backbone, Manifest};
 use fruits_dataset::{list_images, ImageEntry, Location};
 use fruits_featurize::{features_type, StatsSnapshot, PROGRESS, STATS};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::output::{self, PartWriter};
@@ -118,7 +117,7 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
     let t_list = Instant::now();
     let (listed, listed_bytes) = write_manifest(&input, &staging_loc, job, progress).await?;
     if listed == 0 {
-        cleanup(&out, &staging).await;
+        output::remove_prefix(&out, &staging).await;
         return Err(Error::NoImages(input.uri()));
     }
     let list_ms = t_list.elapsed().as_millis() as u64;
@@ -141,7 +140,7 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
     )
     .await;
     let worker_ms = STATS.snapshot().since(&before);
-    cleanup(&out, &staging).await;
+    output::remove_prefix(&out, &staging).await;
     let Outcome {
         features,
         errors,
@@ -378,17 +377,4 @@ fn split(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch), Error> {
         RecordBatch::try_new(features_schema(), good)?,
         RecordBatch::try_new(errors_schema(), bad)?,
     ))
-}
-
-/// Best effort: the staging manifest is scratch, a leftover is harmless.
-async fn cleanup(out: &Location, staging: &fruits_dataset::ObjectUri) {
-    let listed: Vec<_> = match out.store.list(Some(&staging.path)).try_collect().await {
-        Ok(l) => l,
-        Err(e) => return tracing::warn!("cannot list {staging} for cleanup: {e}"),
-    };
-    for meta in listed {
-        if let Err(e) = out.store.delete(&meta.location).await {
-            tracing::warn!("cannot delete {}: {e}", meta.location);
-        }
-    }
 }

@@ -153,3 +153,17 @@ pub async fn put(store: &Arc<dyn ObjectStore>, uri: &ObjectUri, bytes: Vec<u8>) 
         .map_err(|e| uri.err(e))?;
     Ok(())
 }
+
+/// Deletes every object under `prefix`. Best effort: scratch left behind is
+/// harmless, so failures are logged, not returned.
+pub async fn remove_prefix(out: &Location, prefix: &ObjectUri) {
+    let listed: Vec<_> = match out.store.list(Some(&prefix.path)).try_collect().await {
+        Ok(l) => l,
+        Err(e) => return tracing::warn!("cannot list {prefix} for cleanup: {e}"),
+    };
+    for meta in listed {
+        if let Err(e) = out.store.delete(&meta.location).await {
+            tracing::warn!("cannot delete {}: {e}", meta.location);
+        }
+    }
+}

@@ -20,12 +20,11 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionContext};
-use fruits_bundle::{Bundle, BundleManifest, FileRef};
+use fruits_bundle::{Bundle, BundleManifest};
 use fruits_classify::metrics::Evaluation;
 use fruits_dataset::{Location, ObjectUri};
 use fruits_pca::Pca;
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use crate::featurize::{run_on, FeaturizeJob, Summary};
@@ -65,18 +64,13 @@ pub struct PcaMetrics {
     pub input_dim: usize,
 }
 
+/// A classifier's scores on the test split (the evaluation's fields at the
+/// top level of its JSON object) and its training time.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassifierMetrics {
-    pub accuracy: f64,
-    pub top5_accuracy: f64,
-    pub precision_macro: f64,
-    pub recall_macro: f64,
-    pub f1_macro: f64,
-    pub precision_weighted: f64,
-    pub recall_weighted: f64,
-    pub f1_weighted: f64,
-    pub train_seconds: f64,
+    #[serde(flatten)]
     pub evaluation: Evaluation,
+    pub train_seconds: f64,
 }
 
 /// `_SUCCESS` of a run.
@@ -155,7 +149,7 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
     let pca = fit_pca(ctx, &format!("{}/features", work("train")), job.learn.components).await?;
     let model_dir = Location::parse(&out.child("model").to_string())?;
     let pca_json = pca.to_json();
-    let pca_ref = put(&model_dir, "pca.json", pca_json).await?;
+    let pca_ref = fruits_bundle::put(&model_dir, "pca.json", pca_json).await?;
 
     stages.start("project and write", progress);
     let (features, train_rows, test_rows) = project_and_write(
@@ -213,7 +207,7 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         job.learn.default_classifier,
     );
     let report_dir = Location::parse(&out.child("report").to_string())?;
-    put(
+    fruits_bundle::put(
         &report_dir,
         "metrics.json",
         serde_json::to_vec_pretty(&metrics).expect("metrics serialize"),
@@ -221,12 +215,12 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
     .await?;
     stages.stop();
     let html = report_html(&metrics, &pca, &scored, &test_rows, &stages.0).await;
-    put(&report_dir, "index.html", html.into_bytes()).await?;
+    fruits_bundle::put(&report_dir, "index.html", html.into_bytes()).await?;
 
     output::remove_stale(&out, "features", &features).await?;
     output::remove_stale(&out, "errors", &errors).await?;
     // Every run's scratch, including what a crashed earlier run left.
-    remove_prefix(&out, "_work").await;
+    output::remove_prefix(&out, &out.child("_work")).await;
     let summary = RunSummary {
         job_id,
         output: out.uri(),
@@ -363,18 +357,9 @@ fn metrics(
     let classifiers = scored
         .iter()
         .map(|(s, seconds)| {
-            let e = &s.evaluation;
             let m = ClassifierMetrics {
-                accuracy: e.accuracy,
-                top5_accuracy: e.top5_accuracy,
-                precision_macro: e.precision_macro,
-                recall_macro: e.recall_macro,
-                f1_macro: e.f1_macro,
-                precision_weighted: e.precision_weighted,
-                recall_weighted: e.recall_weighted,
-                f1_weighted: e.f1_weighted,
+                evaluation: s.evaluation.clone(),
                 train_seconds: *seconds,
-                evaluation: e.clone(),
             };
             (s.name.clone(), m)
         })
@@ -449,34 +434,4 @@ async fn report_html(metrics: &Metrics, pca: &Pca, scored: &[(Scored, f64)], tes
         examples,
     }
     .html()
-}
-
-async fn put(dir: &Location, file: &str, bytes: Vec<u8>) -> Result<FileRef, Error> {
-    let uri = dir.child(file);
-    let sha256 = fruits_pca::sha256(&bytes);
-    dir.store
-        .put(&uri.path, PutPayload::from(bytes))
-        .await
-        .map_err(|e| uri.err(e))?;
-    Ok(FileRef {
-        file: file.into(),
-        sha256,
-    })
-}
-
-/// Best effort: scratch left behind is harmless.
-async fn remove_prefix(out: &Location, relative: &str) {
-    use futures::TryStreamExt;
-    let prefix = out.child(relative);
-    let listed: Vec<_> = out
-        .store
-        .list(Some(&prefix.path))
-        .try_collect()
-        .await
-        .unwrap_or_default();
-    for meta in listed {
-        if let Err(e) = out.store.delete(&meta.location).await {
-            tracing::warn!("cannot delete {}: {e}", meta.location);
-        }
-    }
 }
