@@ -16,7 +16,17 @@ pub struct FeaturizeArgs {
     /// Where `features/`, `errors/` and `_SUCCESS` go (a path, file://, s3://).
     #[arg(long)]
     output: String,
-    /// Featurize at most this many images.
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+/// How a job featurizes and where it runs: shared by `featurize` and `run`.
+#[derive(clap::Args)]
+pub struct JobArgs {
+    /// Featurize at most this many images (per split for `run`).
     #[arg(long)]
     limit: Option<usize>,
     /// Square input side in pixels [default: the model manifest's].
@@ -25,7 +35,7 @@ pub struct FeaturizeArgs {
     /// Images per engine task.
     #[arg(long, default_value_t = 256)]
     rows_per_task: usize,
-    /// Tasks run at once [default: number of cores].
+    /// Tasks run at once in-process [default: number of cores].
     #[arg(long)]
     parallelism: Option<usize>,
     /// Run on a Ballista cluster (`df://HOST:PORT` of `fruits scheduler`) instead of in-process.
@@ -35,25 +45,28 @@ pub struct FeaturizeArgs {
     /// one executor merges every partition (memory grows with the input).
     #[arg(long)]
     sorted: bool,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
     #[command(flatten)]
     model: ModelDirArg,
 }
 
+impl JobArgs {
+    pub fn featurize_job(self, input: String, output: String) -> FeaturizeJob {
+        FeaturizeJob {
+            input,
+            output,
+            limit: self.limit,
+            input_size: self.input_size,
+            model_dir: self.model.resolve(),
+            rows_per_task: self.rows_per_task,
+            parallelism: self.parallelism.unwrap_or_else(fruits_engine::cores),
+            cluster: self.cluster,
+            sorted: self.sorted,
+        }
+    }
+}
+
 pub async fn run(args: FeaturizeArgs) -> anyhow::Result<ExitCode> {
-    let job = FeaturizeJob {
-        input: args.input,
-        output: args.output,
-        limit: args.limit,
-        input_size: args.input_size,
-        model_dir: args.model.resolve(),
-        rows_per_task: args.rows_per_task,
-        parallelism: args.parallelism.unwrap_or_else(fruits_engine::cores),
-        cluster: args.cluster,
-        sorted: args.sorted,
-    };
+    let job = args.job.featurize_job(args.input, args.output);
     let bar = Arc::new(Bar::new());
     let progress: Arc<dyn Progress> = bar.clone();
     let summary = fruits_pipeline::featurize::run(&job, &progress).await;

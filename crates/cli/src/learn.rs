@@ -84,43 +84,16 @@ pub struct RunArgs {
     /// PCA size: a count (128) or the variance to keep (0.95).
     #[arg(long, default_value = "0.95")]
     components: Keep,
-    /// Featurize at most this many images per split.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Square input side in pixels [default: the model manifest's].
-    #[arg(long)]
-    input_size: Option<u32>,
-    /// Images per engine task.
-    #[arg(long, default_value_t = 256)]
-    rows_per_task: usize,
-    /// Tasks run at once in-process [default: number of cores].
-    #[arg(long)]
-    parallelism: Option<usize>,
-    /// Run on a Ballista cluster (`df://HOST:PORT`) instead of in-process.
-    #[arg(long)]
-    cluster: Option<String>,
-    /// Write rows sorted by path (see `fruits featurize --sorted`).
-    #[arg(long)]
-    sorted: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    model: crate::ModelDirArg,
+    job: crate::featurize::JobArgs,
 }
 
 pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let featurize = fruits_pipeline::FeaturizeJob {
-        input: String::new(),
-        output: String::new(),
-        limit: args.limit,
-        input_size: args.input_size,
-        model_dir: args.model.resolve(),
-        rows_per_task: args.rows_per_task,
-        parallelism: args.parallelism.unwrap_or_else(fruits_engine::cores),
-        cluster: args.cluster,
-        sorted: args.sorted,
-    };
+    // Input and output are set per split by the run.
+    let featurize = args.job.featurize_job(String::new(), String::new());
     let job = fruits_pipeline::run::RunJob {
         train: args.train,
         test: args.test,
