@@ -88,6 +88,34 @@ pub struct Ranked {
 }
 
 impl Bundle {
+    /// A bundle to be saved; `save` fills in the file names and sha256s.
+    pub fn new(
+        classes: Vec<String>,
+        backbone: Manifest,
+        input_size: u32,
+        pca: Pca,
+        classifiers: Vec<Classifier>,
+        default_classifier: &str,
+    ) -> Self {
+        let unsaved = FileRef {
+            file: String::new(),
+            sha256: String::new(),
+        };
+        Self {
+            manifest: BundleManifest {
+                format: FORMAT,
+                classes,
+                backbone,
+                input_size,
+                pca: unsaved,
+                classifiers: Vec::new(),
+                default_classifier: default_classifier.into(),
+            },
+            pca,
+            classifiers,
+        }
+    }
+
     /// Writes every file, then `bundle.json` last.
     pub async fn save(&self, dir: &Location) -> Result<(), Error> {
         let mut manifest = self.manifest.clone();

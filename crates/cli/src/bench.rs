@@ -204,8 +204,8 @@ async fn classify(
 ) -> anyhow::Result<ExitCode> {
     let ctx =
         fruits_engine::in_process(&fruits_engine::EngineOptions::new(fruits_backbone::default_model_dir())).await?;
-    let folder = format!("{}/features", fruits_dataset::Location::parse(features)?.uri());
-    let rows = fruits_pipeline::learn::read_rows(&ctx, &folder, "features").await?;
+    let output = fruits_dataset::Location::parse(features)?;
+    let rows = fruits_pipeline::learn::read_featurized(&ctx, &output).await?;
     let opts = fruits_pipeline::learn::LearnOptions {
         components,
         ..Default::default()

@@ -34,8 +34,8 @@ pub struct ValidateArgs {
 pub async fn validate_cmd(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let ctx =
         fruits_engine::in_process(&fruits_engine::EngineOptions::new(fruits_backbone::default_model_dir())).await?;
-    let folder = format!("{}/features", fruits_dataset::Location::parse(&args.features)?.uri());
-    let rows = fruits_pipeline::learn::read_rows(&ctx, &folder, "features").await?;
+    let output = fruits_dataset::Location::parse(&args.features)?;
+    let rows = fruits_pipeline::learn::read_featurized(&ctx, &output).await?;
     let grid = Grid {
         components: args.components,
         l2: args.l2,

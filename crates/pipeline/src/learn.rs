@@ -8,7 +8,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float32Type;
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
-use fruits_bundle::{Bundle, BundleManifest, FileRef};
+use fruits_bundle::Bundle;
 use fruits_classify::forest::{ForestOptions, RandomForest};
 use fruits_classify::logistic::{LogisticOptions, LogisticRegression};
 use fruits_classify::metrics::{evaluate, Evaluation};
@@ -142,6 +142,11 @@ pub async fn read_rows(ctx: &SessionContext, folder: &str, vectors: &str) -> Res
     }
     rows.sort_by_path();
     Ok(rows)
+}
+
+/// The `path`, `label` and `features` rows of a `fruits featurize` output folder.
+pub async fn read_featurized(ctx: &SessionContext, output: &Location) -> Result<Rows, Error> {
+    read_rows(ctx, &format!("{}/features", output.uri()), "features").await
 }
 
 /// Fits the PCA of the `features` column of a Parquet folder: partial
@@ -279,7 +284,7 @@ pub async fn train_bundle(
     let t = Instant::now();
     let pca = fit_pca(ctx, &folder, opts.components).await?;
     let mut seconds = vec![("PCA".to_string(), t.elapsed().as_secs_f64())];
-    let rows = read_rows(ctx, &folder, "features").await?;
+    let rows = read_featurized(ctx, &features).await?;
     let reduced = Rows {
         dim: pca.k,
         x: pca.project(&rows.x)?,
@@ -292,22 +297,14 @@ pub async fn train_bundle(
             .await
             .map_err(|e| Error::Bench(format!("training failed: {e}")))??;
     seconds.extend(trained.iter().map(|t| (t.classifier.name().to_string(), t.seconds)));
-    let bundle = Bundle {
-        manifest: BundleManifest {
-            format: fruits_bundle::FORMAT,
-            classes: classes.clone(),
-            backbone,
-            input_size,
-            pca: FileRef {
-                file: String::new(),
-                sha256: String::new(),
-            },
-            classifiers: Vec::new(),
-            default_classifier: opts.default_classifier.into(),
-        },
-        pca: pca.clone(),
-        classifiers: trained.into_iter().map(|t| t.classifier).collect(),
-    };
+    let bundle = Bundle::new(
+        classes.clone(),
+        backbone,
+        input_size,
+        pca.clone(),
+        trained.into_iter().map(|t| t.classifier).collect(),
+        opts.default_classifier,
+    );
     let model_dir = Location::parse(&out.child("model").to_string())?;
     bundle.save(&model_dir).await?;
     let summary = TrainSummary {
@@ -373,7 +370,7 @@ pub async fn evaluate_bundle(
             Location::parse(&scratch.path().display().to_string())?
         }
     };
-    let rows = read_rows(&ctx, &format!("{}/features", features.uri()), "features").await?;
+    let rows = read_featurized(&ctx, &features).await?;
     let classes = &bundle.manifest.classes;
     let (y, x, unknown) = rows.indexed(classes);
     let mut classifiers = Vec::new();

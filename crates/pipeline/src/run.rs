@@ -20,7 +20,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionContext};
-use fruits_bundle::{Bundle, BundleManifest};
+use fruits_bundle::Bundle;
 use fruits_classify::metrics::Evaluation;
 use fruits_dataset::{Location, ObjectUri};
 use fruits_pca::Pca;
@@ -183,19 +183,14 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
 
     stages.start("write model and report", progress);
     let featurize_summary = &featurized["train"];
-    let bundle = Bundle {
-        manifest: BundleManifest {
-            format: fruits_bundle::FORMAT,
-            classes: classes.clone(),
-            backbone: featurize_summary.model.clone(),
-            input_size: featurize_summary.input_size,
-            pca: pca_ref,
-            classifiers: Vec::new(),
-            default_classifier: job.learn.default_classifier.into(),
-        },
-        pca: pca.clone(),
-        classifiers: trained.into_iter().map(|t| t.classifier).collect(),
-    };
+    let bundle = Bundle::new(
+        classes.clone(),
+        featurize_summary.model.clone(),
+        featurize_summary.input_size,
+        pca.clone(),
+        trained.into_iter().map(|t| t.classifier).collect(),
+        job.learn.default_classifier,
+    );
     bundle.save(&model_dir).await?;
     let metrics = metrics(
         &classes,
