@@ -17,11 +17,11 @@
 use std::sync::Arc;
 
 use fruits_backbone::{Backbone, Manifest};
-use fruits_classify::metrics::top_k;
+use fruits_classify::metrics::{top_k, Confidence};
 use fruits_classify::Classifier;
 use fruits_dataset::{Location, ObjectUri};
 use fruits_pca::Pca;
-use fruits_preprocess::Spec;
+use fruits_preprocess::{RgbImage, Spec};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +70,10 @@ pub struct BundleManifest {
     pub classifiers: Vec<(String, FileRef)>,
     /// The classifier used unless one is asked for: chosen on validation.
     pub default_classifier: String,
+    /// Per classifier, the "not sure" threshold calibrated on the held-out
+    /// split (`fruits run`); empty when trained without one (`fruits train`).
+    #[serde(default)]
+    pub confidence: Vec<(String, Confidence)>,
 }
 
 /// A loaded bundle.
@@ -110,6 +114,7 @@ impl Bundle {
                 pca: unsaved,
                 classifiers: Vec::new(),
                 default_classifier: default_classifier.into(),
+                confidence: Vec::new(),
             },
             pca,
             classifiers,
@@ -132,6 +137,17 @@ impl Bundle {
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
         put(dir, MANIFEST, json).await?;
         Ok(())
+    }
+
+    /// Loads `uri/bundle.json`, else `uri/model/bundle.json`: a bundle folder
+    /// or the output folder of `fruits run`.
+    pub async fn open(uri: &str) -> Result<Self, Error> {
+        match Self::load(uri).await {
+            Err(Error::Storage(e)) if e.is_not_found() => {
+                Self::load(&format!("{}/model", uri.trim_end_matches('/'))).await
+            }
+            other => other,
+        }
     }
 
     /// Loads a bundle folder (local path or URI) and checks every file.
@@ -183,6 +199,13 @@ impl Bundle {
         Ok(self.classifier(classifier)?.predict_proba(self.pca.k, &reduced)?)
     }
 
+    /// The calibrated "not sure" threshold of a classifier (the default one
+    /// when `None`), if the bundle was made with a held-out split.
+    pub fn confidence(&self, classifier: Option<&str>) -> Option<Confidence> {
+        let name = classifier.unwrap_or(&self.manifest.default_classifier);
+        self.manifest.confidence.iter().find(|(n, _)| n == name).map(|(_, c)| *c)
+    }
+
     /// The `k` most probable classes of one probability row.
     pub fn rank(&self, probabilities: &[f32], k: usize) -> Vec<Ranked> {
         top_k(probabilities, k)
@@ -226,6 +249,22 @@ impl Predictor {
         let mut input = Vec::with_capacity(self.spec.len());
         fruits_preprocess::prepare(bytes, &self.spec, &mut input)?;
         Ok(self.backbone.run(input, 1, self.spec.size)?.features)
+    }
+
+    /// How images become backbone input for this bundle.
+    pub fn spec(&self) -> Spec {
+        self.spec
+    }
+
+    /// Backbone features of decoded images, one batch: each is resized and
+    /// centre-cropped to the input square exactly as in [`Predictor::features`].
+    pub fn features_of(&self, images: &[RgbImage]) -> Result<Vec<f32>, Error> {
+        let mut input = Vec::with_capacity(images.len() * self.spec.len());
+        for image in images {
+            let square = fruits_preprocess::resize(image, self.spec.size)?;
+            fruits_preprocess::normalize_into(&square, &self.spec, &mut input);
+        }
+        Ok(self.backbone.run(input, images.len(), self.spec.size)?.features)
     }
 
     /// The top `k` classes of one encoded image.

@@ -104,3 +104,55 @@ impl Evaluation {
         pairs
     }
 }
+
+/// How far to trust a top-1 probability: a threshold chosen on held-out
+/// answers, below which a client should say "not sure" rather than a name.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Confidence {
+    /// Top-1 probability at or above which an answer counts as confident.
+    pub min_probability: f32,
+    /// Share of the held-out correct answers at or above the threshold.
+    pub correct_kept: f64,
+    /// Share of the held-out wrong answers below it (1 when there were none).
+    pub wrong_flagged: f64,
+    /// Held-out answers it was chosen on.
+    pub rows: usize,
+}
+
+/// Share of correct held-out answers a calibrated threshold keeps confident.
+pub const KEEP_CORRECT: f64 = 0.98;
+
+/// The threshold keeping `keep` of the correct answers confident: the
+/// `1 - keep` quantile of their top-1 probabilities. `answers` holds each
+/// held-out row's top-1 probability and whether that answer was right.
+pub fn calibrate(answers: &[(f32, bool)], keep: f64) -> Confidence {
+    let mut right: Vec<f32> = answers.iter().filter(|a| a.1).map(|a| a.0).collect();
+    right.sort_by(f32::total_cmp);
+    let cut = ((1.0 - keep.clamp(0.0, 1.0)) * right.len() as f64).floor() as usize;
+    let min_probability = right.get(cut).copied().unwrap_or(0.5);
+    let kept = right.iter().filter(|&&p| p >= min_probability).count();
+    let wrong: Vec<f32> = answers.iter().filter(|a| !a.1).map(|a| a.0).collect();
+    let flagged = wrong.iter().filter(|&&p| p < min_probability).count();
+    Confidence {
+        min_probability,
+        correct_kept: kept as f64 / right.len().max(1) as f64,
+        wrong_flagged: if wrong.is_empty() {
+            1.0
+        } else {
+            flagged as f64 / wrong.len() as f64
+        },
+        rows: answers.len(),
+    }
+}
+
+/// Each row's top-1 probability and whether it names the true class.
+pub fn top1_answers(truth: &[u32], proba: &[f32], classes: usize) -> Vec<(f32, bool)> {
+    truth
+        .iter()
+        .zip(proba.chunks(classes))
+        .map(|(&t, p)| {
+            let best = top_k(p, 1)[0];
+            (p[best], best == t as usize)
+        })
+        .collect()
+}

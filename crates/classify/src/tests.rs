@@ -94,3 +94,19 @@ fn bad_shapes_are_refused() {
     assert!(Samples::new(1, &[1.0], &[3], 2).is_err());
     assert!(Samples::new(1, &[], &[], 2).is_err());
 }
+
+#[test]
+fn calibration_keeps_the_asked_share_of_right_answers_and_counts_flagged_wrong_ones() {
+    use super::metrics::{calibrate, top1_answers};
+    // 100 right answers at 0.01, 0.02, …, 1.00 and two wrong ones at 0.015 and 0.9.
+    let mut answers: Vec<(f32, bool)> = (1..=100).map(|i| (i as f32 / 100.0, true)).collect();
+    answers.extend([(0.015, false), (0.9, false)]);
+    let c = calibrate(&answers, 0.98);
+    assert_eq!(c.min_probability, 0.03);
+    assert!((c.correct_kept - 0.98).abs() < 1e-12);
+    assert!((c.wrong_flagged - 0.5).abs() < 1e-12);
+    assert_eq!(c.rows, 102);
+    // Top-1 of [0.2, 0.8] is class 1: right for truth 1, wrong for truth 0.
+    let answers = top1_answers(&[1, 0], &[0.2, 0.8, 0.2, 0.8], 2);
+    assert_eq!(answers, vec![(0.8, true), (0.8, false)]);
+}

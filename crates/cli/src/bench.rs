@@ -1,4 +1,4 @@
-//! `fruits bench featurize`.
+//! `fruits bench featurize | classify | cluster | serve`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +75,37 @@ pub enum BenchCommand {
         #[command(flatten)]
         model: ModelDirArg,
     },
+    /// Load test of `fruits serve` on 127.0.0.1: req/s and p50/p99 latency for studio shots and 12 MP photos.
+    Serve(ServeBenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ServeBenchArgs {
+    /// The model: a bundle folder or a `fruits run` output.
+    #[arg(long, default_value = "out/run")]
+    model: String,
+    /// Labelled images the model was not trained on (`<class>/<image>`), e.g. the test side of `scripts/holdout-split`.
+    #[arg(long, default_value = "out/split/test")]
+    images: PathBuf,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Requests per scenario.
+    #[arg(long, default_value_t = 400)]
+    requests: usize,
+    /// Time cap per scenario, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Distinct composed 12 MP photos per photo scenario.
+    #[arg(long, default_value_t = 16)]
+    photos: usize,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    limits: crate::serve::LimitArgs,
+    #[command(flatten)]
+    backbone: ModelDirArg,
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -131,7 +162,57 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             };
             cluster(opts, json).await
         }
+        BenchCommand::Serve(args) => serve(args).await,
     }
+}
+
+async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
+    let source = fruits_serve::ModelSource {
+        uri: args.model.clone(),
+        backbone_dir: args.backbone.resolve(),
+        min_confidence: None,
+    };
+    let opts = fruits_serve::bench::ServeBenchOptions {
+        images: args.images.clone(),
+        clients: args.clients,
+        requests: args.requests,
+        seconds: args.seconds,
+        photos: args.photos,
+        limits: args.limits.limits()?,
+    };
+    let rows = fruits_serve::bench::run(source, &opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "serve benchmark: {} over HTTP on 127.0.0.1, {} clients, {} workers, {} cores; direct = one call at a time, no HTTP",
+        args.model,
+        args.clients,
+        opts.limits.workers,
+        fruits_engine::cores()
+    );
+    println!(
+        "{:<24} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>10} {:>6} {:>7} {:>9}",
+        "scenario", "requests", "failed", "req/s", "p50 ms", "p99 ms", "max ms", "direct ms", "views", "right", "confident"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:>8} {:>6} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>6.1} {:>6.1}% {:>8.1}%",
+            r.scenario,
+            r.requests,
+            r.failed,
+            r.requests_per_second,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.direct_ms,
+            r.views,
+            100.0 * r.right,
+            100.0 * r.confident
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn cluster(opts: ClusterBenchOptions, json: bool) -> anyhow::Result<ExitCode> {

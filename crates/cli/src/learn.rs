@@ -170,16 +170,9 @@ pub struct PredictArgs {
     images: Vec<String>,
 }
 
-/// `dir/bundle.json`, else `dir/model/bundle.json`.
+/// A bundle folder or a `fruits run` output.
 pub async fn load_bundle(uri: &str) -> anyhow::Result<fruits_bundle::Bundle> {
-    let direct = fruits_bundle::Bundle::load(uri).await;
-    if let Err(fruits_bundle::Error::Storage(e)) = &direct {
-        if e.is_not_found() {
-            let nested = format!("{}/model", uri.trim_end_matches('/'));
-            return Ok(fruits_bundle::Bundle::load(&nested).await?);
-        }
-    }
-    Ok(direct?)
+    Ok(fruits_bundle::Bundle::open(uri).await?)
 }
 
 pub async fn predict_cmd(args: PredictArgs) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,7 @@ mod cluster;
 mod featurize;
 mod learn;
 mod model;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Command {
     Train(learn::TrainArgs),
     /// Score a model bundle on labelled images or a featurize output.
     Evaluate(learn::EvaluateArgs),
+    /// Serve the consumer API and web page: photo in, fruit and facts out.
+    Serve(serve::ServeArgs),
 }
 
 /// The model directory: the flag, else `$FRUITS_MODEL_DIR`, else the user cache.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             Command::Predict(args) => learn::predict_cmd(args).await,
             Command::Train(args) => learn::train_cmd(args).await,
             Command::Evaluate(args) => learn::evaluate_cmd(args).await,
+            Command::Serve(args) => serve::run(args).await,
         }
     });
     match result {
@@ -133,6 +137,7 @@ fn init_logging(filter: &str) {
                 "fruits_dataset",
                 "fruits_classify",
                 "fruits_bundle",
+                "fruits_serve",
             ]
             .map(|t| format!("{t}={level}"))
             .to_vec(),

@@ -11,7 +11,7 @@ use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
 use fruits_bundle::Bundle;
 use fruits_classify::forest::{ForestOptions, RandomForest};
 use fruits_classify::logistic::{LogisticOptions, LogisticRegression};
-use fruits_classify::metrics::{evaluate, Evaluation};
+use fruits_classify::metrics::{calibrate, evaluate, top1_answers, Confidence, Evaluation, KEEP_CORRECT};
 use fruits_classify::{Classifier, Samples};
 use fruits_dataset::Location;
 use fruits_pca::{Keep, Moments, Pca};
@@ -224,6 +224,8 @@ pub struct Scored {
     pub predicted: Vec<u32>,
     #[serde(skip)]
     pub truth: Vec<u32>,
+    /// The "not sure" threshold these held-out answers give.
+    pub confidence: Confidence,
 }
 
 /// Scores a classifier on reduced rows of known classes.
@@ -238,6 +240,7 @@ pub fn score(classifier: &Classifier, rows: &Rows, classes: &[String]) -> Result
     Ok(Scored {
         name: classifier.name().into(),
         evaluation: evaluate(&y, &proba, c),
+        confidence: calibrate(&top1_answers(&y, &proba, c), KEEP_CORRECT),
         predicted,
         truth: y,
     })

@@ -21,7 +21,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionContext};
 use fruits_bundle::Bundle;
-use fruits_classify::metrics::Evaluation;
+use fruits_classify::metrics::{Confidence, Evaluation};
 use fruits_dataset::{Location, ObjectUri};
 use fruits_pca::Pca;
 use futures::StreamExt;
@@ -71,6 +71,7 @@ pub struct ClassifierMetrics {
     #[serde(flatten)]
     pub evaluation: Evaluation,
     pub train_seconds: f64,
+    pub confidence: Confidence,
 }
 
 /// `_SUCCESS` of a run.
@@ -183,7 +184,7 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
 
     stages.start("write model and report", progress);
     let featurize_summary = &featurized["train"];
-    let bundle = Bundle::new(
+    let mut bundle = Bundle::new(
         classes.clone(),
         featurize_summary.model.clone(),
         featurize_summary.input_size,
@@ -191,6 +192,7 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         trained.into_iter().map(|t| t.classifier).collect(),
         job.learn.default_classifier,
     );
+    bundle.manifest.confidence = scored.iter().map(|(s, _)| (s.name.clone(), s.confidence)).collect();
     bundle.save(&model_dir).await?;
     let metrics = metrics(
         &classes,
@@ -355,6 +357,7 @@ fn metrics(
             let m = ClassifierMetrics {
                 evaluation: s.evaluation.clone(),
                 train_seconds: *seconds,
+                confidence: s.confidence,
             };
             (s.name.clone(), m)
         })

@@ -11,13 +11,18 @@
 //!   SIMD pass (bilinear, antialiased when shrinking): a plain resize for square
 //!   images;
 //! - normalise: `(rgb - mean) / std`, planar NCHW `f32`.
+//!
+//! [`photo`] decodes large phone photos at a reduced scale for the web service.
+
+pub mod photo;
 
 use std::io::Cursor;
 
 use std::cell::RefCell;
 
 use fast_image_resize::{self as fir, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+pub use image::RgbImage;
 
 /// Decoding refuses images above this many pixels (a 12 MP photo is 12e6).
 pub const MAX_PIXELS: u64 = 64_000_000;
@@ -72,6 +77,11 @@ pub fn prepare(bytes: &[u8], spec: &Spec, out: &mut Vec<f32>) -> Result<(), Erro
 
 /// Decodes to 8-bit RGB with EXIF orientation applied.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, Error> {
+    decode_limited(bytes, MAX_PIXELS)
+}
+
+/// [`decode`] refusing images of more than `max_pixels` before decoding them.
+pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Error> {
     if bytes.is_empty() {
         return Err(Error::Empty);
     }
@@ -82,24 +92,25 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, Error> {
         return Err(Error::UnknownFormat);
     }
     let mut limits = Limits::default();
-    limits.max_alloc = Some(MAX_PIXELS * 4 + (64 << 20));
+    limits.max_alloc = Some(max_pixels * 4 + (64 << 20));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| Error::Decode(e.to_string()))?;
     let (width, height) = decoder.dimensions();
-    if width == 0 || height == 0 {
-        return Err(Error::Decode("image has no pixels".into()));
-    }
-    if u64::from(width) * u64::from(height) > MAX_PIXELS {
-        return Err(Error::TooLarge {
-            width,
-            height,
-            max: MAX_PIXELS,
-        });
-    }
+    check_pixels(width, height, max_pixels)?;
     let orientation = decoder.orientation().map_err(|e| Error::Decode(e.to_string()))?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| Error::Decode(e.to_string()))?;
     image.apply_orientation(orientation);
     Ok(to_rgb_on_white(image))
+}
+
+fn check_pixels(width: u32, height: u32, max: u64) -> Result<(), Error> {
+    if width == 0 || height == 0 {
+        return Err(Error::Decode("image has no pixels".into()));
+    }
+    if u64::from(width) * u64::from(height) > max {
+        return Err(Error::TooLarge { width, height, max });
+    }
+    Ok(())
 }
 
 fn to_rgb_on_white(image: DynamicImage) -> RgbImage {

@@ -35,7 +35,7 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn training() -> PathBuf {
     let root = std::env::var_os("FRUITS_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fruits-360"));
+        .unwrap_or_else(|| Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())).join("../../../shared/fruits-360"));
     let dir = root.join("Training");
     assert!(
         dir.is_dir(),
@@ -108,7 +108,7 @@ pub fn holdout_split(dir: &Path) -> (PathBuf, PathBuf) {
         assert!(from.is_dir(), "{} is missing", from.display());
         std::os::unix::fs::symlink(from, source.join(class)).unwrap();
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/holdout-split");
+    let script = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())).join("../../scripts/holdout-split");
     let split = dir.join("split");
     let out = Command::new("python3")
         .arg(script)
