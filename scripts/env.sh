@@ -28,3 +28,20 @@ build_release() {
 install_model() {
   "$FRUITS_BIN" model install
 }
+
+# Installs what the web page test needs: Debian's Chromium, Node.js, and
+# playwright-core (pinned in crates/cli/tests/browser/package-lock.json).
+ensure_browser() {
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v npm >/dev/null || missing+=(nodejs npm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      echo "need ${missing[*]} for the web page test (Debian: apt-get install ${missing[*]})" >&2
+      exit 1
+    fi
+  fi
+  npm ci --prefix crates/cli/tests/browser --no-audit --no-fund --silent
+}

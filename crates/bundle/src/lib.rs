@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use fruits_backbone::{Backbone, Manifest};
+use fruits_backbone::{Backbone, Manifest, Outputs};
 use fruits_classify::metrics::{top_k, Confidence};
 use fruits_classify::Classifier;
 use fruits_dataset::{Location, ObjectUri};
@@ -256,15 +256,16 @@ impl Predictor {
         self.spec
     }
 
-    /// Backbone features of decoded images, one batch: each is resized and
-    /// centre-cropped to the input square exactly as in [`Predictor::features`].
-    pub fn features_of(&self, images: &[RgbImage]) -> Result<Vec<f32>, Error> {
+    /// Backbone outputs (features and ImageNet logits) of decoded images, one
+    /// batch: each is resized and centre-cropped to the input square exactly
+    /// as in [`Predictor::features`].
+    pub fn outputs_of(&self, images: &[RgbImage]) -> Result<Outputs, Error> {
         let mut input = Vec::with_capacity(images.len() * self.spec.len());
         for image in images {
             let square = fruits_preprocess::resize(image, self.spec.size)?;
             fruits_preprocess::normalize_into(&square, &self.spec, &mut input);
         }
-        Ok(self.backbone.run(input, images.len(), self.spec.size)?.features)
+        Ok(self.backbone.run(input, images.len(), self.spec.size)?)
     }
 
     /// The top `k` classes of one encoded image.

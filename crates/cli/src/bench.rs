@@ -193,12 +193,23 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
         fruits_engine::cores()
     );
     println!(
-        "{:<24} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>10} {:>6} {:>7} {:>9}",
-        "scenario", "requests", "failed", "req/s", "p50 ms", "p99 ms", "max ms", "direct ms", "views", "right", "confident"
+        "{:<24} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>10} {:>6} {:>7} {:>9} {:>14}",
+        "scenario",
+        "requests",
+        "failed",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "direct ms",
+        "views",
+        "right",
+        "confident",
+        "right if conf."
     );
     for r in &rows {
         println!(
-            "{:<24} {:>8} {:>6} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>6.1} {:>6.1}% {:>8.1}%",
+            "{:<24} {:>8} {:>6} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>6.1} {:>6.1}% {:>8.1}% {:>13.1}%",
             r.scenario,
             r.requests,
             r.failed,
@@ -209,7 +220,8 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
             r.direct_ms,
             r.views,
             100.0 * r.right,
-            100.0 * r.confident
+            100.0 * r.confident,
+            100.0 * r.right_when_confident
         );
     }
     Ok(ExitCode::SUCCESS)

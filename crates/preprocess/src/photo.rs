@@ -27,8 +27,14 @@ pub struct Photo {
 }
 
 /// Decodes `bytes` keeping at least `min_side` pixels on the shorter side
-/// where the image has them.
+/// where the image has them. A decoder panicking on hostile bytes is an
+/// error about this image, not the end of the process or request.
 pub fn decode_photo(bytes: &[u8], min_side: u32, max_pixels: u64) -> Result<Photo, Error> {
+    std::panic::catch_unwind(|| decode_unguarded(bytes, min_side, max_pixels))
+        .unwrap_or_else(|_| Err(Error::Decode("the decoder failed on this file".into())))
+}
+
+fn decode_unguarded(bytes: &[u8], min_side: u32, max_pixels: u64) -> Result<Photo, Error> {
     if bytes.is_empty() {
         return Err(Error::Empty);
     }

@@ -187,8 +187,10 @@ async fn identify_photo(
 ) -> Result<Json<Identification>, ApiError> {
     let ask = ask_of(query, &headers, &s)?;
     let _in_flight = InFlight::enter(&s)?;
-    let bytes = read_upload(&headers, body, s.limits.body_bytes).await?;
+    // Taken before the upload is read: a reload from here on does not change
+    // the model this request is answered with.
     let model = s.model.current();
+    let bytes = read_upload(&headers, body, s.limits.body_bytes).await?;
     let worker = s.workers.clone().acquire_owned().await.map_err(|_| busy())?;
     let start = Instant::now();
     let catalog = s.catalog;

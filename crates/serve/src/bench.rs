@@ -49,6 +49,9 @@ pub struct Row {
     pub right: f64,
     /// Share of answers marked confident.
     pub confident: f64,
+    /// Share of the confident answers that are right: how far a name shown
+    /// without "not sure" can be trusted.
+    pub right_when_confident: f64,
 }
 
 /// A request body and what it shows.
@@ -211,6 +214,7 @@ struct Tally {
     failed: usize,
     right: usize,
     confident: usize,
+    right_confident: usize,
 }
 
 /// `clients` closed-loop clients cycling through the cases.
@@ -243,6 +247,7 @@ async fn load(url: &str, cases: Arc<Vec<Case>>, opts: &ServeBenchOptions) -> Row
                     Some((right, confident)) => {
                         tally.right += usize::from(right);
                         tally.confident += usize::from(confident);
+                        tally.right_confident += usize::from(right && confident);
                     }
                     None => tally.failed += 1,
                 }
@@ -271,6 +276,7 @@ async fn load(url: &str, cases: Arc<Vec<Case>>, opts: &ServeBenchOptions) -> Row
         views: f64::NAN,
         right: tally.right as f64 / ok,
         confident: tally.confident as f64 / ok,
+        right_when_confident: tally.right_confident as f64 / tally.confident.max(1) as f64,
     }
 }
 

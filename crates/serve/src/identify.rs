@@ -7,9 +7,14 @@
 //! fills a view the way a Fruits-360 fruit fills its frame. All views go
 //! through the backbone as one batch.
 //!
-//! The answer is the view the model is surest about. Confident grid views
-//! are grouped by kind of fruit (two apple varieties seen on one apple are
-//! one apple); two or more groups are reported as `regions`.
+//! Our classifier only ever saw fruits on white, so its own probability is
+//! no guide to which view holds a fruit: on a view of a table it still names
+//! some fruit, often with high probability. The backbone's ImageNet head is
+//! that guide: the answer is the view with the largest share of ImageNet
+//! probability on fruit and vegetable classes ([`produce_share`]). Grid views
+//! that look like produce and are confident are grouped by kind of fruit (two
+//! apple varieties seen on one apple are one apple); two or more groups are
+//! reported as `regions`.
 
 use std::time::Instant;
 
@@ -26,6 +31,8 @@ use crate::model::Model;
 const GRID_SIDE: f32 = 0.6;
 /// Distance between grid views, as a share of their side.
 const GRID_STEP: f32 = 0.75;
+/// Least produce share (see [`produce_share`]) of a view counted as showing a fruit.
+const PRODUCE_MIN: f32 = 0.2;
 
 /// A display language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
@@ -226,13 +233,14 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
     let crops: Vec<RgbImage> = views.iter().map(|v| crop(&photo.image, *v)).collect();
     let bundle = &model.predictor.bundle;
     let internal = |e: fruits_bundle::Error| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
-    let features = model.predictor.features_of(&crops).map_err(internal)?;
-    let proba = bundle.classify_features(&features, None).map_err(internal)?;
+    let outputs = model.predictor.outputs_of(&crops).map_err(internal)?;
+    let proba = bundle.classify_features(&outputs.features, None).map_err(internal)?;
     let classes = model.classes();
     let rows: Vec<&[f32]> = proba.chunks(classes).collect();
+    let produce: Vec<f32> = outputs.logits.chunks(outputs.logits.len() / views.len()).map(produce_share).collect();
     let inferred = start.elapsed();
 
-    let best = surest(&rows);
+    let best = if views.len() == 1 { 0 } else { most_produce(&produce) };
     let ranked = bundle.rank(rows[best], ask.top.max(1));
     let name = |label: &str| catalog.get(label).map_or(label, |f| f.name(ask.lang.code())).to_string();
     let predictions: Vec<Prediction> = ranked
@@ -243,9 +251,9 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
             probability: r.probability,
         })
         .collect();
-    let regions = regions(model, catalog, &views, &rows, (w, h), ask.lang);
+    let regions = regions(model, catalog, &views, &rows, &produce, (w, h), ask.lang);
     Ok(Identification {
-        confident: predictions[0].probability >= model.threshold,
+        confident: predictions[0].probability >= model.threshold && (views.len() == 1 || produce[best] >= PRODUCE_MIN),
         threshold: model.threshold,
         fruit: catalog.get(&predictions[0].label).map(|f| FruitFacts::new(f, ask.lang)),
         predictions,
@@ -271,10 +279,24 @@ fn crop(image: &RgbImage, view: Option<View>) -> RgbImage {
     }
 }
 
-/// The row with the highest top-1 probability (the first on ties: the whole photo).
-fn surest(rows: &[&[f32]]) -> usize {
-    let top = |r: &[f32]| r.iter().copied().fold(0.0f32, f32::max);
-    (0..rows.len()).fold(0, |best, i| if top(rows[i]) > top(rows[best]) { i } else { best })
+/// ImageNet classes of fruits, vegetables and nuts (cabbage to pomegranate,
+/// corn, acorn, rose hip, horse chestnut, ear of a cereal).
+fn is_produce(class: usize) -> bool {
+    matches!(class, 936..=957 | 987..=990 | 998)
+}
+
+/// The share of ImageNet probability on produce classes: how much a view
+/// looks like a fruit at all, whatever our classifier thinks it is. Our
+/// classifier only ever saw fruits on white, so its own confidence means
+/// little on a view of a table or a wall; this does.
+fn produce_share(logits: &[f32]) -> f32 {
+    let p = fruits_backbone::imagenet::softmax(logits);
+    p.iter().enumerate().filter(|(i, _)| is_produce(*i)).map(|(_, p)| p).sum()
+}
+
+/// The view most like produce (the first on ties: the whole photo).
+fn most_produce(produce: &[f32]) -> usize {
+    (0..produce.len()).fold(0, |best, i| if produce[i] > produce[best] { i } else { best })
 }
 
 /// Confident grid views grouped by kind; reported when there are two kinds or more.
@@ -283,15 +305,16 @@ fn regions(
     catalog: &Catalog,
     views: &[Option<View>],
     rows: &[&[f32]],
+    produce: &[f32],
     (w, h): (u32, u32),
     lang: Lang,
 ) -> Vec<Region> {
     let bundle = &model.predictor.bundle;
     let mut found: Vec<(String, Region)> = Vec::new();
-    for (view, row) in views.iter().zip(rows) {
+    for ((view, row), &produce) in views.iter().zip(rows).zip(produce) {
         let Some(v) = view else { continue };
         let best = &bundle.rank(row, 1)[0];
-        if best.probability < model.threshold {
+        if best.probability < model.threshold || produce < PRODUCE_MIN {
             continue;
         }
         let fruit = catalog.get(&best.label);
@@ -374,10 +397,14 @@ mod tests {
     }
 
     #[test]
-    fn the_surest_view_wins_and_ties_keep_the_whole_photo() {
-        let rows: Vec<&[f32]> = vec![&[0.6, 0.4], &[0.1, 0.9], &[0.9, 0.1]];
-        assert_eq!(surest(&rows), 1);
-        let rows: Vec<&[f32]> = vec![&[0.7, 0.3], &[0.3, 0.7]];
-        assert_eq!(surest(&rows), 0);
+    fn the_view_most_like_produce_wins_and_ties_keep_the_whole_photo() {
+        assert_eq!(most_produce(&[0.2, 0.7, 0.5]), 1);
+        assert_eq!(most_produce(&[0.4, 0.4]), 0);
+        let mut logits = vec![0.0f32; 1000];
+        logits[951] = 10.0; // lemon
+        assert!(produce_share(&logits) > 0.9);
+        logits[951] = 0.0;
+        logits[999] = 10.0; // toilet paper
+        assert!(produce_share(&logits) < 0.1);
     }
 }

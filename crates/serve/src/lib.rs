@@ -22,6 +22,9 @@ pub mod metrics;
 pub mod model;
 pub mod scene;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

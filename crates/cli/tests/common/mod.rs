@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod http;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -118,4 +119,41 @@ pub fn holdout_split(dir: &Path) -> (PathBuf, PathBuf) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     (split.join("train"), split.join("test"))
+}
+
+/// A `fruits run` output over the [`RUN_CLASSES`] holdout split, made once per
+/// test binary: `(run output, held-out test folder)`.
+pub fn trained_run() -> &'static (PathBuf, PathBuf) {
+    static RUN: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let (train, test) = holdout_split(&dir);
+        let out = dir.join("run");
+        run_ok(
+            fruits()
+                .arg("run")
+                .arg("--train")
+                .arg(&train)
+                .arg("--test")
+                .arg(&test)
+                .arg("--output")
+                .arg(&out),
+        );
+        (out, test)
+    })
+}
+
+/// Up to `per_class` images of every class of a `<class>/<image>` folder, sorted.
+pub fn labelled_images(dir: &Path, per_class: usize) -> Vec<(String, PathBuf)> {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    classes.sort();
+    let mut out = Vec::new();
+    for class in classes {
+        let label = class.file_name().unwrap().to_str().unwrap().to_string();
+        let mut images: Vec<PathBuf> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
+        images.sort();
+        let step = (images.len() / per_class.max(1)).max(1);
+        out.extend(images.into_iter().step_by(step).take(per_class).map(|p| (label.clone(), p)));
+    }
+    out
 }

@@ -1,0 +1,385 @@
+//! `fruits serve` over real HTTP: a model bundle trained by `fruits run` on 12
+//! classes, real held-out images, every endpoint and every bad input.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::http::{multipart, read_reply, write_head, Server, ADMIN_TOKEN};
+use common::{labelled_images, trained_run};
+
+fn image_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn held_out_photos_are_named_with_facts_in_english_and_french() {
+    let (run, test) = trained_run();
+    let server = Server::start(run, &[]);
+    let images = labelled_images(test, 2);
+    let mut right = 0;
+    for (label, path) in &images {
+        let reply = server.post_image("/v1/identify", "image/jpeg", &image_bytes(path));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let answer = reply.json();
+        let predictions = answer["predictions"].as_array().unwrap();
+        assert_eq!(predictions.len(), 5);
+        let p: Vec<f64> = predictions.iter().map(|p| p["probability"].as_f64().unwrap()).collect();
+        assert!(p.windows(2).all(|w| w[0] >= w[1]), "ranked: {p:?}");
+        right += usize::from(predictions[0]["label"] == label.as_str());
+        let fruit = &answer["fruit"];
+        assert_eq!(fruit["label"], predictions[0]["label"]);
+        assert!(fruit["per_100g"]["kcal"].as_f64().unwrap() > 0.0);
+        assert!(!fruit["latin"].as_str().unwrap().is_empty());
+        assert!(answer["confident"].is_boolean() && answer["threshold"].as_f64().unwrap() > 0.0);
+        assert_eq!(answer["regions"].as_array().unwrap().len(), 0);
+        assert_eq!((answer["image"]["width"].as_u64(), answer["views"].as_u64()), (Some(100), Some(1)));
+        assert!(answer["timings_ms"]["total"].as_f64().unwrap() > 0.0);
+    }
+    assert!(right + 1 >= images.len(), "{right} of {} right", images.len());
+
+    // French names, from the query or from Accept-Language; multipart uploads agree.
+    let (label, path) = &images[0];
+    let fr = server.get(&format!("/v1/fruits/{}?lang=fr", label.replace(' ', "%20"))).json();
+    let en = server.get(&format!("/v1/fruits/{}", label.replace(' ', "%20"))).json();
+    assert_ne!(fr["name"], en["name"], "{label} has a French name");
+    let by_query = server.post_image("/v1/identify?lang=fr&top=3", "image/jpeg", &image_bytes(path)).json();
+    assert_eq!(by_query["predictions"].as_array().unwrap().len(), 3);
+    assert_eq!(by_query["predictions"][0]["name"], fr["name"]);
+    let by_header = server
+        .send(
+            "POST",
+            "/v1/identify",
+            &[("content-type", "image/jpeg"), ("accept-language", "fr-FR,fr;q=0.9,en;q=0.5")],
+            &image_bytes(path),
+        )
+        .json();
+    assert_eq!(by_header["fruit"]["name"], fr["name"]);
+    let (content_type, body) = multipart("image", "IMG_0001.jpg", "image/jpeg", &image_bytes(path));
+    let by_form = server.post_image("/v1/identify", &content_type, &body).json();
+    assert_eq!(by_form["predictions"][0]["label"], label.as_str());
+}
+
+#[test]
+fn a_12_mp_phone_photo_held_sideways_is_decoded_oriented_and_looked_at_in_parts() {
+    let (run, test) = trained_run();
+    let server = Server::start(run, &[]);
+    let (_, path) = &labelled_images(test, 1)[0];
+    let fruit = fruits_preprocess::decode(&image_bytes(path)).unwrap();
+    let place = fruits_serve::scene::Placement {
+        fruit: &fruit,
+        centre: (0.3, 0.4),
+        side: 0.45,
+    };
+    let scene = fruits_serve::scene::compose(4032, 3024, 3, &[place]);
+    // Stored as the sensor saw it (portrait) with "rotate 90° clockwise" in EXIF.
+    let stored = image::imageops::rotate270(&scene);
+    let jpeg = fruits_preprocess::photo::with_exif_orientation(&fruits_serve::scene::jpeg(&stored, 90), 6);
+    let answer = server.post_image("/v1/identify", "image/jpeg", &jpeg).json();
+    assert_eq!((answer["image"]["width"].as_u64(), answer["image"]["height"].as_u64()), (Some(4032), Some(3024)));
+    assert_eq!(answer["views"], 7, "the whole photo and a 3 × 2 grid");
+    assert_eq!(answer["predictions"].as_array().unwrap().len(), 5);
+    let one_view = server.post_image("/v1/identify?regions=false", "image/jpeg", &jpeg).json();
+    assert_eq!(one_view["views"], 1);
+}
+
+#[test]
+fn catalogue_health_readiness_metrics_and_openapi() {
+    let (run, test) = trained_run();
+    let server = Server::start(run, &[]);
+    let all = server.get("/v1/fruits?lang=fr").json();
+    let fruits = all["fruits"].as_array().unwrap();
+    assert_eq!(fruits.len(), 131);
+    assert!(fruits.iter().all(|f| f["per_100g"]["kcal"].as_f64().unwrap() > 0.0));
+    let braeburn = server.get("/v1/fruits/Apple%20Braeburn%201?lang=fr").json();
+    assert_eq!(braeburn["latin"], "Malus domestica");
+    assert!(braeburn["name"].as_str().unwrap().contains("Pomme"), "{braeburn}");
+    server.get("/v1/fruits/Durian%209").assert_error(404, "unknown_fruit");
+
+    assert_eq!(server.get("/healthz").json()["status"], "ok");
+    let ready = server.get("/readyz").json();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["classes"], 12);
+    assert_eq!(ready["threshold_source"], "calibrated", "fruits run calibrates the threshold");
+
+    let (_, path) = &labelled_images(test, 1)[0];
+    assert_eq!(server.post_image("/v1/identify", "image/jpeg", &image_bytes(path)).status, 200);
+    server.post_image("/v1/identify", "image/jpeg", b"").assert_error(400, "empty_body");
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
+    let text = metrics.text();
+    for needle in [
+        "fruits_http_requests_total{route=\"/v1/identify\",status=\"200\"} 1",
+        "fruits_http_errors_total{code=\"empty_body\"} 1",
+        "fruits_identify_seconds_count 1",
+        "fruits_identify_in_flight 0",
+        "fruits_model_info{model=",
+    ] {
+        assert!(text.contains(needle), "no {needle} in\n{text}");
+    }
+
+    let api = server.get("/openapi.json").json();
+    assert!(api["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/v1/identify", "/v1/fruits", "/v1/fruits/{label}", "/v1/admin/reload", "/healthz", "/readyz", "/metrics"] {
+        assert!(api["paths"][path].is_object(), "{path} documented");
+    }
+    assert!(api["components"]["schemas"]["Identification"].is_object());
+
+    let page = server.get("/");
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("capture=\"environment\"") && html.contains("accept=\"image/*\""));
+    // No external resource: the only absolute URL is the SVG namespace, which is a name, not a fetch.
+    let urls = html.replace("http://www.w3.org/2000/svg", "");
+    assert!(!urls.contains("http://") && !urls.contains("https://"), "no external resource");
+    assert!(page.header("content-security-policy").is_some());
+}
+
+/// A PNG whose header claims `width × height` (the pixel data is never reached).
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut png = Vec::new();
+    image::RgbImage::new(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png[16..20].copy_from_slice(&width.to_be_bytes());
+    png[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn bad_input_gets_a_json_4xx_and_the_service_carries_on() {
+    let (run, test) = trained_run();
+    let server = Server::start(run, &["--max-body-bytes", "5000000", "--max-pixels", "40000000"]);
+    let (_, path) = &labelled_images(test, 1)[0];
+    let good = image_bytes(path);
+
+    server.post_image("/v1/identify", "image/jpeg", b"").assert_error(400, "empty_body");
+    server
+        .post_image("/v1/identify", "image/jpeg", b"hello, I am a text file")
+        .assert_error(422, "not_an_image");
+    server
+        .post_image("/v1/identify", "image/jpeg", &good[..good.len() / 2])
+        .assert_error(422, "corrupt_image");
+    server
+        .post_image("/v1/identify", "image/png", &png_claiming(100_000, 100_000))
+        .assert_error(422, "too_many_pixels");
+    server
+        .post_image("/v1/identify", "text/plain", &good)
+        .assert_error(415, "unsupported_media_type");
+    server
+        .send("POST", "/v1/identify", &[], &good)
+        .assert_error(415, "unsupported_media_type");
+    let (content_type, body) = multipart("photo", "x.jpg", "image/jpeg", &good);
+    server
+        .post_image("/v1/identify", &content_type, &body)
+        .assert_error(400, "missing_image_field");
+    let garbage = server.post_image("/v1/identify", "multipart/form-data; boundary=x", b"garbage");
+    assert_eq!(garbage.status, 400, "{}", garbage.text());
+    let code = garbage.json()["code"].as_str().unwrap().to_string();
+    assert!(["bad_multipart", "missing_image_field"].contains(&code.as_str()), "{code}");
+    server
+        .post_image("/v1/identify?lang=de", "image/jpeg", &good)
+        .assert_error(400, "bad_query");
+    server
+        .post_image("/v1/identify?top=0", "image/jpeg", &good)
+        .assert_error(400, "bad_query");
+    server.get("/nowhere").assert_error(404, "not_found");
+    server.get("/v1/identify").assert_error(405, "method_not_allowed");
+
+    // A declared 100 MB upload is refused from its headers, before any body is read.
+    let mut stream = server.connect();
+    write_head(&mut stream, "POST", "/v1/identify", &[("content-type", "image/jpeg")], Some(100 << 20));
+    read_reply(stream).assert_error(413, "body_too_large");
+    // An undeclared (chunked) one is cut at the limit: written from another
+    // thread, since the server answers (and closes) without reading it all.
+    let mut stream = server.connect();
+    write_head(
+        &mut stream,
+        "POST",
+        "/v1/identify",
+        &[("content-type", "image/jpeg"), ("transfer-encoding", "chunked")],
+        None,
+    );
+    let mut writer = stream.try_clone().unwrap();
+    let feeding = std::thread::spawn(move || {
+        let chunk = vec![0xAB; 1 << 20];
+        for _ in 0..8 {
+            if write!(writer, "{:x}\r\n", chunk.len()).is_err() || writer.write_all(&chunk).is_err() {
+                break;
+            }
+            let _ = writer.write_all(b"\r\n");
+        }
+    });
+    read_reply(stream).assert_error(413, "body_too_large");
+    let _ = feeding.join();
+
+    // Still up, still right, and the photos never reached the log.
+    assert_eq!(server.post_image("/v1/identify", "image/jpeg", &good).status, 200);
+    let (content_type, body) = multipart("image", "holiday-secret-name.jpg", "image/jpeg", &good);
+    assert_eq!(server.post_image("/v1/identify", &content_type, &body).status, 200);
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("route=\"/v1/identify\" status=200"), "requests are logged: {log}");
+    assert!(!log.contains("holiday-secret-name"), "file names are not logged");
+    assert!(!log.contains("hello, I am"), "bodies are not logged");
+}
+
+#[test]
+fn mutated_uploads_never_get_a_5xx() {
+    let (run, test) = trained_run();
+    let server = Server::start(run, &["--rate-limit", "0"]);
+    let seeds: Vec<Vec<u8>> = labelled_images(test, 1).iter().take(3).map(|(_, p)| image_bytes(p)).collect();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..200 {
+        let mut bytes = seeds[i % seeds.len()].clone();
+        match next() % 3 {
+            0 => bytes.truncate((next() % bytes.len() as u64) as usize),
+            1 => {
+                for _ in 0..1 + next() % 16 {
+                    let at = (next() % bytes.len() as u64) as usize;
+                    bytes[at] ^= 1 << (next() % 8);
+                }
+            }
+            _ => {
+                let at = (next() % bytes.len() as u64) as usize;
+                let junk: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
+                bytes.splice(at..at, junk);
+            }
+        }
+        let reply = server.post_image("/v1/identify", "image/jpeg", &bytes);
+        assert!(reply.status == 200 || (400..500).contains(&reply.status), "{}: {}", reply.status, reply.text());
+        if reply.status != 200 {
+            assert!(reply.json()["code"].is_string());
+        }
+    }
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
+#[test]
+fn rate_concurrency_and_time_limits_answer_429_and_503() {
+    let (run, test) = trained_run();
+    let (_, path) = &labelled_images(test, 1)[0];
+    let good = image_bytes(path);
+
+    let server = Server::start(run, &["--rate-limit", "1", "--burst", "2"]);
+    assert_eq!(server.get("/v1/fruits").status, 200);
+    assert_eq!(server.get("/v1/fruits").status, 200);
+    let limited = server.get("/v1/fruits");
+    limited.assert_error(429, "rate_limited");
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(server.get("/healthz").status, 200, "health checks are not rate limited");
+    drop(server);
+
+    let server = Server::start(run, &["--max-in-flight", "1", "--timeout-seconds", "2", "--rate-limit", "0"]);
+    // A slow upload holds the only place...
+    let mut slow = server.connect();
+    write_head(&mut slow, "POST", "/v1/identify", &[("content-type", "image/jpeg")], Some(good.len()));
+    slow.write_all(&good[..good.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so another photo is turned away at once,
+    let busy = server.post_image("/v1/identify", "image/jpeg", &good);
+    busy.assert_error(503, "busy");
+    assert!(busy.header("retry-after").is_some());
+    // and the stalled upload times out.
+    read_reply(slow).assert_error(503, "timeout");
+    assert_eq!(server.post_image("/v1/identify", "image/jpeg", &good).status, 200);
+}
+
+/// Rewrites the bundle's logistic regression file with other formatting (the
+/// same model, another sha256) and updates `bundle.json`: a new model id.
+fn republish(model_dir: &Path, pretty: bool) -> String {
+    let file = model_dir.join("logistic_regression.json");
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let bytes = if pretty {
+        serde_json::to_vec_pretty(&value).unwrap()
+    } else {
+        serde_json::to_vec(&value).unwrap()
+    };
+    let sha = fruits_pca::sha256(&bytes);
+    std::fs::write(&file, &bytes).unwrap();
+    let manifest_path = model_dir.join("bundle.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    for entry in manifest["classifiers"].as_array_mut().unwrap() {
+        if entry[0] == "logistic_regression" {
+            entry[1]["sha256"] = sha.clone().into();
+        }
+    }
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    sha[..12].to_string()
+}
+
+#[test]
+fn reload_swaps_the_model_without_dropping_requests_in_flight() {
+    let (run, test) = trained_run();
+    let copy = tempfile::tempdir().unwrap();
+    let model_dir = copy.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for entry in std::fs::read_dir(run.join("model")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model_dir.join(entry.file_name())).unwrap();
+    }
+    let (_, path) = &labelled_images(test, 1)[0];
+    let good = image_bytes(path);
+    let server = Server::start(&model_dir, &["--rate-limit", "0"]);
+    let first = server.get("/readyz").json()["model"].as_str().unwrap().to_string();
+
+    let reload = |token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        server.send("POST", "/v1/admin/reload", &headers, b"")
+    };
+    reload(None).assert_error(401, "unauthorized");
+    reload(Some("wrong-token")).assert_error(401, "unauthorized");
+
+    // A request in flight (its upload half sent) when the model is swapped...
+    let mut in_flight = server.connect();
+    write_head(&mut in_flight, "POST", "/v1/identify", &[("content-type", "image/jpeg")], Some(good.len()));
+    in_flight.write_all(&good[..100]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let second = republish(&model_dir, true);
+    let swapped = reload(Some(ADMIN_TOKEN));
+    assert_eq!(swapped.status, 200, "{}", swapped.text());
+    assert_eq!((swapped.json()["previous"].as_str(), swapped.json()["model"].as_str()), (Some(first.as_str()), Some(second.as_str())));
+    // ...finishes on the old model; the next one gets the new model.
+    in_flight.write_all(&good[100..]).unwrap();
+    let finished = read_reply(in_flight);
+    assert_eq!((finished.status, finished.json()["model"].as_str()), (200, Some(first.as_str())));
+    let next = server.post_image("/v1/identify", "image/jpeg", &good).json();
+    assert_eq!(next["model"], second.as_str());
+
+    // A damaged bundle is refused and the current model keeps answering.
+    std::fs::write(model_dir.join("pca.json"), b"{}").unwrap();
+    reload(Some(ADMIN_TOKEN)).assert_error(503, "reload_failed");
+    assert_eq!(server.post_image("/v1/identify", "image/jpeg", &good).json()["model"], second.as_str());
+
+    // SIGHUP reloads too.
+    std::fs::copy(run.join("model/pca.json"), model_dir.join("pca.json")).unwrap();
+    let third = republish(&model_dir, false);
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    server.wait_ready(|r| r["model"] == third.as_str());
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("fruits_model_reloads_total{outcome=\"ok\"} 2"), "{metrics}");
+    assert!(metrics.contains("fruits_model_reloads_total{outcome=\"failed\"} 1"), "{metrics}");
+}
