@@ -203,7 +203,11 @@ impl Bundle {
     /// when `None`), if the bundle was made with a held-out split.
     pub fn confidence(&self, classifier: Option<&str>) -> Option<Confidence> {
         let name = classifier.unwrap_or(&self.manifest.default_classifier);
-        self.manifest.confidence.iter().find(|(n, _)| n == name).map(|(_, c)| *c)
+        self.manifest
+            .confidence
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| *c)
     }
 
     /// The `k` most probable classes of one probability row.

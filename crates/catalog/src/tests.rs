@@ -6,7 +6,10 @@ use super::*;
 fn shared_classes() -> Vec<String> {
     let root = std::env::var_os("FRUITS_DATA")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())).join("../../../shared/fruits-360"));
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()))
+                .join("../../../shared/fruits-360")
+        });
     let dir = root.join("Training");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))

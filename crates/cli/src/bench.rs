@@ -193,7 +193,7 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
         fruits_engine::cores()
     );
     println!(
-        "{:<24} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>10} {:>6} {:>7} {:>9} {:>14}",
+        "{:<24} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>10} {:>6} {:>7} {:>9} {:>14} {:>9}",
         "scenario",
         "requests",
         "failed",
@@ -205,11 +205,12 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
         "views",
         "right",
         "confident",
-        "right if conf."
+        "right if conf.",
+        "all found"
     );
     for r in &rows {
         println!(
-            "{:<24} {:>8} {:>6} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>6.1} {:>6.1}% {:>8.1}% {:>13.1}%",
+            "{:<24} {:>8} {:>6} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>6.1} {:>6.1}% {:>8.1}% {:>13.1}% {:>9}",
             r.scenario,
             r.requests,
             r.failed,
@@ -221,7 +222,8 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
             r.views,
             100.0 * r.right,
             100.0 * r.confident,
-            100.0 * r.right_when_confident
+            100.0 * r.right_when_confident,
+            r.all_found.map_or("-".to_string(), |f| format!("{:.1}%", 100.0 * f))
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -35,24 +35,34 @@ fn held_out_photos_are_named_with_facts_in_english_and_french() {
         assert!(!fruit["latin"].as_str().unwrap().is_empty());
         assert!(answer["confident"].is_boolean() && answer["threshold"].as_f64().unwrap() > 0.0);
         assert_eq!(answer["regions"].as_array().unwrap().len(), 0);
-        assert_eq!((answer["image"]["width"].as_u64(), answer["views"].as_u64()), (Some(100), Some(1)));
+        assert_eq!(
+            (answer["image"]["width"].as_u64(), answer["views"].as_u64()),
+            (Some(100), Some(1))
+        );
         assert!(answer["timings_ms"]["total"].as_f64().unwrap() > 0.0);
     }
     assert!(right + 1 >= images.len(), "{right} of {} right", images.len());
 
     // French names, from the query or from Accept-Language; multipart uploads agree.
     let (label, path) = &images[0];
-    let fr = server.get(&format!("/v1/fruits/{}?lang=fr", label.replace(' ', "%20"))).json();
+    let fr = server
+        .get(&format!("/v1/fruits/{}?lang=fr", label.replace(' ', "%20")))
+        .json();
     let en = server.get(&format!("/v1/fruits/{}", label.replace(' ', "%20"))).json();
     assert_ne!(fr["name"], en["name"], "{label} has a French name");
-    let by_query = server.post_image("/v1/identify?lang=fr&top=3", "image/jpeg", &image_bytes(path)).json();
+    let by_query = server
+        .post_image("/v1/identify?lang=fr&top=3", "image/jpeg", &image_bytes(path))
+        .json();
     assert_eq!(by_query["predictions"].as_array().unwrap().len(), 3);
     assert_eq!(by_query["predictions"][0]["name"], fr["name"]);
     let by_header = server
         .send(
             "POST",
             "/v1/identify",
-            &[("content-type", "image/jpeg"), ("accept-language", "fr-FR,fr;q=0.9,en;q=0.5")],
+            &[
+                ("content-type", "image/jpeg"),
+                ("accept-language", "fr-FR,fr;q=0.9,en;q=0.5"),
+            ],
             &image_bytes(path),
         )
         .json();
@@ -78,10 +88,15 @@ fn a_12_mp_phone_photo_held_sideways_is_decoded_oriented_and_looked_at_in_parts(
     let stored = image::imageops::rotate270(&scene);
     let jpeg = fruits_preprocess::photo::with_exif_orientation(&fruits_serve::scene::jpeg(&stored, 90), 6);
     let answer = server.post_image("/v1/identify", "image/jpeg", &jpeg).json();
-    assert_eq!((answer["image"]["width"].as_u64(), answer["image"]["height"].as_u64()), (Some(4032), Some(3024)));
+    assert_eq!(
+        (answer["image"]["width"].as_u64(), answer["image"]["height"].as_u64()),
+        (Some(4032), Some(3024))
+    );
     assert_eq!(answer["views"], 7, "the whole photo and a 3 × 2 grid");
     assert_eq!(answer["predictions"].as_array().unwrap().len(), 5);
-    let one_view = server.post_image("/v1/identify?regions=false", "image/jpeg", &jpeg).json();
+    let one_view = server
+        .post_image("/v1/identify?regions=false", "image/jpeg", &jpeg)
+        .json();
     assert_eq!(one_view["views"], 1);
 }
 
@@ -102,11 +117,21 @@ fn catalogue_health_readiness_metrics_and_openapi() {
     let ready = server.get("/readyz").json();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["classes"], 12);
-    assert_eq!(ready["threshold_source"], "calibrated", "fruits run calibrates the threshold");
+    assert_eq!(
+        ready["threshold_source"], "calibrated",
+        "fruits run calibrates the threshold"
+    );
 
     let (_, path) = &labelled_images(test, 1)[0];
-    assert_eq!(server.post_image("/v1/identify", "image/jpeg", &image_bytes(path)).status, 200);
-    server.post_image("/v1/identify", "image/jpeg", b"").assert_error(400, "empty_body");
+    assert_eq!(
+        server
+            .post_image("/v1/identify", "image/jpeg", &image_bytes(path))
+            .status,
+        200
+    );
+    server
+        .post_image("/v1/identify", "image/jpeg", b"")
+        .assert_error(400, "empty_body");
     let metrics = server.get("/metrics");
     assert_eq!(metrics.status, 200);
     assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
@@ -123,7 +148,15 @@ fn catalogue_health_readiness_metrics_and_openapi() {
 
     let api = server.get("/openapi.json").json();
     assert!(api["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/v1/identify", "/v1/fruits", "/v1/fruits/{label}", "/v1/admin/reload", "/healthz", "/readyz", "/metrics"] {
+    for path in [
+        "/v1/identify",
+        "/v1/fruits",
+        "/v1/fruits/{label}",
+        "/v1/admin/reload",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
         assert!(api["paths"][path].is_object(), "{path} documented");
     }
     assert!(api["components"]["schemas"]["Identification"].is_object());
@@ -134,7 +167,10 @@ fn catalogue_health_readiness_metrics_and_openapi() {
     assert!(html.contains("capture=\"environment\"") && html.contains("accept=\"image/*\""));
     // No external resource: the only absolute URL is the SVG namespace, which is a name, not a fetch.
     let urls = html.replace("http://www.w3.org/2000/svg", "");
-    assert!(!urls.contains("http://") && !urls.contains("https://"), "no external resource");
+    assert!(
+        !urls.contains("http://") && !urls.contains("https://"),
+        "no external resource"
+    );
     assert!(page.header("content-security-policy").is_some());
 }
 
@@ -156,7 +192,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -169,7 +209,9 @@ fn bad_input_gets_a_json_4xx_and_the_service_carries_on() {
     let (_, path) = &labelled_images(test, 1)[0];
     let good = image_bytes(path);
 
-    server.post_image("/v1/identify", "image/jpeg", b"").assert_error(400, "empty_body");
+    server
+        .post_image("/v1/identify", "image/jpeg", b"")
+        .assert_error(400, "empty_body");
     server
         .post_image("/v1/identify", "image/jpeg", b"hello, I am a text file")
         .assert_error(422, "not_an_image");
@@ -192,7 +234,10 @@ fn bad_input_gets_a_json_4xx_and_the_service_carries_on() {
     let garbage = server.post_image("/v1/identify", "multipart/form-data; boundary=x", b"garbage");
     assert_eq!(garbage.status, 400, "{}", garbage.text());
     let code = garbage.json()["code"].as_str().unwrap().to_string();
-    assert!(["bad_multipart", "missing_image_field"].contains(&code.as_str()), "{code}");
+    assert!(
+        ["bad_multipart", "missing_image_field"].contains(&code.as_str()),
+        "{code}"
+    );
     server
         .post_image("/v1/identify?lang=de", "image/jpeg", &good)
         .assert_error(400, "bad_query");
@@ -204,7 +249,13 @@ fn bad_input_gets_a_json_4xx_and_the_service_carries_on() {
 
     // A declared 100 MB upload is refused from its headers, before any body is read.
     let mut stream = server.connect();
-    write_head(&mut stream, "POST", "/v1/identify", &[("content-type", "image/jpeg")], Some(100 << 20));
+    write_head(
+        &mut stream,
+        "POST",
+        "/v1/identify",
+        &[("content-type", "image/jpeg")],
+        Some(100 << 20),
+    );
     read_reply(stream).assert_error(413, "body_too_large");
     // An undeclared (chunked) one is cut at the limit: written from another
     // thread, since the server answers (and closes) without reading it all.
@@ -234,7 +285,10 @@ fn bad_input_gets_a_json_4xx_and_the_service_carries_on() {
     let (content_type, body) = multipart("image", "holiday-secret-name.jpg", "image/jpeg", &good);
     assert_eq!(server.post_image("/v1/identify", &content_type, &body).status, 200);
     let log = server.log.lock().unwrap().join("\n");
-    assert!(log.contains("route=\"/v1/identify\" status=200"), "requests are logged: {log}");
+    assert!(
+        log.contains("route=\"/v1/identify\" status=200"),
+        "requests are logged: {log}"
+    );
     assert!(!log.contains("holiday-secret-name"), "file names are not logged");
     assert!(!log.contains("hello, I am"), "bodies are not logged");
 }
@@ -243,7 +297,11 @@ fn bad_input_gets_a_json_4xx_and_the_service_carries_on() {
 fn mutated_uploads_never_get_a_5xx() {
     let (run, test) = trained_run();
     let server = Server::start(run, &["--rate-limit", "0"]);
-    let seeds: Vec<Vec<u8>> = labelled_images(test, 1).iter().take(3).map(|(_, p)| image_bytes(p)).collect();
+    let seeds: Vec<Vec<u8>> = labelled_images(test, 1)
+        .iter()
+        .take(3)
+        .map(|(_, p)| image_bytes(p))
+        .collect();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
         state ^= state << 13;
@@ -268,7 +326,12 @@ fn mutated_uploads_never_get_a_5xx() {
             }
         }
         let reply = server.post_image("/v1/identify", "image/jpeg", &bytes);
-        assert!(reply.status == 200 || (400..500).contains(&reply.status), "{}: {}", reply.status, reply.text());
+        assert!(
+            reply.status == 200 || (400..500).contains(&reply.status),
+            "{}: {}",
+            reply.status,
+            reply.text()
+        );
         if reply.status != 200 {
             assert!(reply.json()["code"].is_string());
         }
@@ -291,10 +354,19 @@ fn rate_concurrency_and_time_limits_answer_429_and_503() {
     assert_eq!(server.get("/healthz").status, 200, "health checks are not rate limited");
     drop(server);
 
-    let server = Server::start(run, &["--max-in-flight", "1", "--timeout-seconds", "2", "--rate-limit", "0"]);
+    let server = Server::start(
+        run,
+        &["--max-in-flight", "1", "--timeout-seconds", "2", "--rate-limit", "0"],
+    );
     // A slow upload holds the only place...
     let mut slow = server.connect();
-    write_head(&mut slow, "POST", "/v1/identify", &[("content-type", "image/jpeg")], Some(good.len()));
+    write_head(
+        &mut slow,
+        "POST",
+        "/v1/identify",
+        &[("content-type", "image/jpeg")],
+        Some(good.len()),
+    );
     slow.write_all(&good[..good.len() / 2]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // ...so another photo is turned away at once,
@@ -354,32 +426,57 @@ fn reload_swaps_the_model_without_dropping_requests_in_flight() {
 
     // A request in flight (its upload half sent) when the model is swapped...
     let mut in_flight = server.connect();
-    write_head(&mut in_flight, "POST", "/v1/identify", &[("content-type", "image/jpeg")], Some(good.len()));
+    write_head(
+        &mut in_flight,
+        "POST",
+        "/v1/identify",
+        &[("content-type", "image/jpeg")],
+        Some(good.len()),
+    );
     in_flight.write_all(&good[..100]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let second = republish(&model_dir, true);
     let swapped = reload(Some(ADMIN_TOKEN));
     assert_eq!(swapped.status, 200, "{}", swapped.text());
-    assert_eq!((swapped.json()["previous"].as_str(), swapped.json()["model"].as_str()), (Some(first.as_str()), Some(second.as_str())));
+    assert_eq!(
+        (swapped.json()["previous"].as_str(), swapped.json()["model"].as_str()),
+        (Some(first.as_str()), Some(second.as_str()))
+    );
     // ...finishes on the old model; the next one gets the new model.
     in_flight.write_all(&good[100..]).unwrap();
     let finished = read_reply(in_flight);
-    assert_eq!((finished.status, finished.json()["model"].as_str()), (200, Some(first.as_str())));
+    assert_eq!(
+        (finished.status, finished.json()["model"].as_str()),
+        (200, Some(first.as_str()))
+    );
     let next = server.post_image("/v1/identify", "image/jpeg", &good).json();
     assert_eq!(next["model"], second.as_str());
 
     // A damaged bundle is refused and the current model keeps answering.
     std::fs::write(model_dir.join("pca.json"), b"{}").unwrap();
     reload(Some(ADMIN_TOKEN)).assert_error(503, "reload_failed");
-    assert_eq!(server.post_image("/v1/identify", "image/jpeg", &good).json()["model"], second.as_str());
+    assert_eq!(
+        server.post_image("/v1/identify", "image/jpeg", &good).json()["model"],
+        second.as_str()
+    );
 
     // SIGHUP reloads too.
     std::fs::copy(run.join("model/pca.json"), model_dir.join("pca.json")).unwrap();
     let third = republish(&model_dir, false);
     let pid = server.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     server.wait_ready(|r| r["model"] == third.as_str());
     let metrics = server.get("/metrics").text();
-    assert!(metrics.contains("fruits_model_reloads_total{outcome=\"ok\"} 2"), "{metrics}");
-    assert!(metrics.contains("fruits_model_reloads_total{outcome=\"failed\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("fruits_model_reloads_total{outcome=\"ok\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fruits_model_reloads_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
 }

@@ -11,7 +11,8 @@ use common::http::Server;
 use common::{labelled_images, trained_run};
 
 fn browser_dir() -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())).join("tests/browser")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()))
+        .join("tests/browser")
 }
 
 fn artifacts() -> PathBuf {
@@ -37,7 +38,9 @@ fn the_page_names_an_uploaded_fruit_on_a_phone_screen_in_both_languages() {
         .find(|(label, _)| label == "Strawberry 1")
         .expect("a held-out strawberry");
     for lang in ["en", "fr"] {
-        let facts = server.get(&format!("/v1/fruits/{}?lang={lang}", label.replace(' ', "%20"))).json();
+        let facts = server
+            .get(&format!("/v1/fruits/{}?lang={lang}", label.replace(' ', "%20")))
+            .json();
         let name = facts["name"].as_str().unwrap();
         let screenshot = artifacts().join(format!("web-{lang}.png"));
         let out = Command::new("node")
@@ -57,7 +60,14 @@ fn the_page_names_an_uploaded_fruit_on_a_phone_screen_in_both_languages() {
         );
         let seen: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
         assert!(seen["top1"].as_str().unwrap().contains(name), "{seen}");
-        assert_eq!((seen["facts"].as_bool(), seen["overflow"].as_bool()), (Some(true), Some(false)), "{seen}");
-        assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000, "a real screenshot");
+        assert_eq!(
+            (seen["facts"].as_bool(), seen["overflow"].as_bool()),
+            (Some(true), Some(false)),
+            "{seen}"
+        );
+        assert!(
+            std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+            "a real screenshot"
+        );
     }
 }

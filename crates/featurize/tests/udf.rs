@@ -10,7 +10,9 @@ use datafusion::prelude::{col, lit, SessionContext};
 use fruits_backbone::Manifest;
 
 fn shared_image() -> std::path::PathBuf {
-    let dir = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())).join("../../../shared/fruits-360/Training/Lemon 1");
+    let dir =
+        std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()))
+            .join("../../../shared/fruits-360/Training/Lemon 1");
     let image = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
     image.canonicalize().unwrap()
 }

@@ -21,8 +21,8 @@ use std::io::Cursor;
 use std::cell::RefCell;
 
 use fast_image_resize::{self as fir, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 pub use image::RgbImage;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 /// Decoding refuses images above this many pixels (a 12 MP photo is 12e6).
 pub const MAX_PIXELS: u64 = 64_000_000;

@@ -162,7 +162,8 @@ mod tests {
             }
         });
         let mut out = Vec::new();
-        img.write_with_encoder(JpegEncoder::new_with_quality(&mut out, 90)).unwrap();
+        img.write_with_encoder(JpegEncoder::new_with_quality(&mut out, 90))
+            .unwrap();
         out
     }
 

@@ -43,7 +43,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(limited)
         .fallback(|| async { ApiError::not_found("no such page") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
         })
         .layer(from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(|_| {
@@ -59,13 +63,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         description = "Photo of a fruit in, the fruit and what to know about it out. Photos are never stored or logged."
     ),
     paths(identify_photo, list_fruits, one_fruit, reload, healthz, readyz, metrics),
-    components(schemas(ErrorBody, Identification, FruitFacts, FruitList, Ready, Reloaded, UploadForm, PhotoBytes))
+    components(schemas(
+        ErrorBody,
+        Identification,
+        FruitFacts,
+        FruitList,
+        Ready,
+        Reloaded,
+        UploadForm,
+        PhotoBytes
+    ))
 )]
 struct ApiDoc;
 
 /// The OpenAPI document of this service, generated from the code.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes")
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
 }
 
 /// Times every request out, counts it, and logs it (never its body).
@@ -101,15 +116,16 @@ async fn observe(State(s): Shared, request: Request, next: Next) -> Response {
 pub struct ErrorCode(pub &'static str);
 
 async fn rate_limit(State(s): Shared, request: Request, next: Next) -> Response {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     if let Some(ip) = client {
         if let Err(wait) = s.rate.check(ip, Instant::now()) {
-            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests: slow down")
-                .retry_after(wait)
-                .into_response();
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests: slow down",
+            )
+            .retry_after(wait)
+            .into_response();
         }
     }
     next.run(request).await
@@ -204,11 +220,19 @@ async fn identify_photo(
     Ok(Json(answer))
 }
 
-fn ask_of(query: Result<Query<IdentifyQuery>, QueryRejection>, headers: &HeaderMap, s: &AppState) -> Result<Ask, ApiError> {
+fn ask_of(
+    query: Result<Query<IdentifyQuery>, QueryRejection>,
+    headers: &HeaderMap,
+    s: &AppState,
+) -> Result<Ask, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let top = q.top.unwrap_or(5);
     if !(1..=20).contains(&top) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "top must be between 1 and 20"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "top must be between 1 and 20",
+        ));
     }
     Ok(Ask {
         lang: lang_of(q.lang.as_deref(), headers)?,
@@ -220,8 +244,9 @@ fn ask_of(query: Result<Query<IdentifyQuery>, QueryRejection>, headers: &HeaderM
 
 fn lang_of(query: Option<&str>, headers: &HeaderMap) -> Result<Lang, ApiError> {
     match query {
-        Some(l) => Lang::parse(l)
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "lang must be en or fr")),
+        Some(l) => {
+            Lang::parse(l).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "lang must be en or fr"))
+        }
         None => Ok(headers
             .get(header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok())
@@ -231,7 +256,12 @@ fn lang_of(query: Option<&str>, headers: &HeaderMap) -> Result<Lang, ApiError> {
 }
 
 fn busy() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many photos in progress: retry shortly").retry_after(1)
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "too many photos in progress: retry shortly",
+    )
+    .retry_after(1)
 }
 
 /// A place among the photos in progress, given back on drop.
@@ -293,7 +323,13 @@ pub async fn read_upload(headers: &HeaderMap, body: Body, limit: usize) -> Resul
 }
 
 async fn multipart_image(content_type: &str, bytes: Bytes) -> Result<Bytes, ApiError> {
-    let bad = |e: multer::Error| ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", format!("bad multipart body: {e}"));
+    let bad = |e: multer::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_multipart",
+            format!("bad multipart body: {e}"),
+        )
+    };
     let boundary = multer::parse_boundary(content_type).map_err(bad)?;
     let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
     let mut form = multer::Multipart::new(stream, boundary);
@@ -346,10 +382,13 @@ async fn one_fruit(
     headers: HeaderMap,
 ) -> Result<Json<FruitFacts>, ApiError> {
     let lang = lang_of(query_lang(query)?.as_deref(), &headers)?;
-    let fruit = s
-        .catalog
-        .get(&label)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_fruit", format!("no fruit is labelled '{label}'")))?;
+    let fruit = s.catalog.get(&label).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_fruit",
+            format!("no fruit is labelled '{label}'"),
+        )
+    })?;
     Ok(Json(FruitFacts::new(fruit, lang)))
 }
 
@@ -373,7 +412,9 @@ pub struct Reloaded {
         (status = 503, description = "The new model failed to load; the old one keeps answering", body = ErrorBody)))]
 async fn reload(State(s): Shared, headers: HeaderMap) -> Result<Json<Reloaded>, ApiError> {
     let Some(token) = &s.admin_token else {
-        return Err(ApiError::not_found("the admin endpoint is off: set FRUITS_ADMIN_TOKEN to turn it on"));
+        return Err(ApiError::not_found(
+            "the admin endpoint is off: set FRUITS_ADMIN_TOKEN to turn it on",
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -381,7 +422,11 @@ async fn reload(State(s): Shared, headers: HeaderMap) -> Result<Json<Reloaded>, 
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !same(given.as_bytes(), token.as_bytes()) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is needed"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is needed",
+        ));
     }
     let previous = s.model.current().id.clone();
     let model = s
@@ -425,7 +470,11 @@ async fn readyz(State(s): Shared) -> Response {
         threshold: model.threshold,
         threshold_source: model.threshold_source.into(),
     };
-    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (status, Json(ready)).into_response()
 }
 
@@ -433,7 +482,10 @@ async fn readyz(State(s): Shared) -> Response {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(s): Shared) -> Response {
     let model = s.model.current();
-    let loaded = model.loaded_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let loaded = model
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let text = s.metrics.render(&model.id, model.classes(), loaded);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

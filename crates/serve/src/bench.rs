@@ -45,8 +45,10 @@ pub struct Row {
     pub direct_ms: f64,
     /// Views the model looked at per photo.
     pub views: f64,
-    /// Share of answers naming the right class (two fruits: both kinds found as regions).
+    /// Share of answers whose top class is right (one of the fruits, for two).
     pub right: f64,
+    /// Share of photos whose `regions` name every fruit in them (photos of two fruits).
+    pub all_found: Option<f64>,
     /// Share of answers marked confident.
     pub confident: f64,
     /// Share of the confident answers that are right: how far a name shown
@@ -146,7 +148,8 @@ fn photo_cases(labelled: &[(String, PathBuf)], n: usize, fruits: usize) -> Resul
         let mut chosen: Vec<(&String, RgbImage)> = Vec::new();
         for k in 0..fruits {
             let (label, path) = picks[(i + k * n + k * 3) % picks.len()];
-            let image = fruits_preprocess::decode(&read(path)?).map_err(|e| Error::Bench(format!("{}: {e}", path.display())))?;
+            let image = fruits_preprocess::decode(&read(path)?)
+                .map_err(|e| Error::Bench(format!("{}: {e}", path.display())))?;
             chosen.push((label, image));
         }
         let places: Vec<Placement> = chosen
@@ -215,6 +218,7 @@ struct Tally {
     right: usize,
     confident: usize,
     right_confident: usize,
+    all_found: usize,
 }
 
 /// `clients` closed-loop clients cycling through the cases.
@@ -229,7 +233,13 @@ async fn load(url: &str, cases: Arc<Vec<Case>>, opts: &ServeBenchOptions) -> Row
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..opts.clients.max(1) {
-        let (client, url, cases, next, tally) = (client.clone(), url.to_string(), cases.clone(), next.clone(), tally.clone());
+        let (client, url, cases, next, tally) = (
+            client.clone(),
+            url.to_string(),
+            cases.clone(),
+            next.clone(),
+            tally.clone(),
+        );
         let total = opts.requests;
         tasks.push(tokio::spawn(async move {
             loop {
@@ -244,8 +254,9 @@ async fn load(url: &str, cases: Arc<Vec<Case>>, opts: &ServeBenchOptions) -> Row
                 let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
                 tally.latencies.push(ms);
                 match answer {
-                    Some((right, confident)) => {
+                    Some((right, confident, all_found)) => {
                         tally.right += usize::from(right);
+                        tally.all_found += usize::from(all_found);
                         tally.confident += usize::from(confident);
                         tally.right_confident += usize::from(right && confident);
                     }
@@ -262,7 +273,15 @@ async fn load(url: &str, cases: Arc<Vec<Case>>, opts: &ServeBenchOptions) -> Row
     let mut lat = tally.latencies;
     lat.sort_by(f64::total_cmp);
     let n = lat.len();
-    let pct = |p: f64| lat.get(((p * n as f64).ceil() as usize).saturating_sub(1).min(n.saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        lat.get(
+            ((p * n as f64).ceil() as usize)
+                .saturating_sub(1)
+                .min(n.saturating_sub(1)),
+        )
+        .copied()
+        .unwrap_or(f64::NAN)
+    };
     let ok = (n - tally.failed).max(1) as f64;
     Row {
         scenario: String::new(),
@@ -277,11 +296,12 @@ async fn load(url: &str, cases: Arc<Vec<Case>>, opts: &ServeBenchOptions) -> Row
         right: tally.right as f64 / ok,
         confident: tally.confident as f64 / ok,
         right_when_confident: tally.right_confident as f64 / tally.confident.max(1) as f64,
+        all_found: (cases.iter().any(|c| c.labels.len() > 1)).then(|| tally.all_found as f64 / ok),
     }
 }
 
-/// `(right, confident)` of one answer, `None` when the request failed.
-async fn post(client: &reqwest::Client, url: &str, case: &Case) -> Option<(bool, bool)> {
+/// `(right, confident, all found)` of one answer, `None` when the request failed.
+async fn post(client: &reqwest::Client, url: &str, case: &Case) -> Option<(bool, bool, bool)> {
     let response = client
         .post(url)
         .header("content-type", "image/jpeg")
@@ -294,14 +314,12 @@ async fn post(client: &reqwest::Client, url: &str, case: &Case) -> Option<(bool,
     }
     let answer: serde_json::Value = serde_json::from_slice(&response.bytes().await.ok()?).ok()?;
     let confident = answer["confident"].as_bool().unwrap_or(false);
-    let right = if case.labels.len() == 1 {
-        answer["predictions"][0]["label"].as_str() == Some(case.labels[0].as_str())
-    } else {
-        let found: Vec<&str> = answer["regions"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|x| x["label"].as_str()).collect())
-            .unwrap_or_default();
-        case.labels.iter().all(|l| found.contains(&l.as_str()))
-    };
-    Some((right, confident))
+    let top = answer["predictions"][0]["label"].as_str().unwrap_or_default();
+    let right = case.labels.iter().any(|l| l == top);
+    let found: Vec<&str> = answer["regions"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["label"].as_str()).collect())
+        .unwrap_or_default();
+    let all_found = case.labels.len() > 1 && case.labels.iter().all(|l| found.contains(&l.as_str()));
+    Some((right, confident, all_found))
 }

@@ -41,7 +41,9 @@ fn seeds() -> Vec<Vec<u8>> {
         with_exif_orientation(&jpeg, 6),
         encode(DynamicImage::ImageRgb8(picture(40, 30)), ImageFormat::Png),
         encode(
-            DynamicImage::ImageRgba8(RgbaImage::from_fn(20, 20, |x, y| image::Rgba([x as u8, y as u8, 9, (x * 12) as u8]))),
+            DynamicImage::ImageRgba8(RgbaImage::from_fn(20, 20, |x, y| {
+                image::Rgba([x as u8, y as u8, 9, (x * 12) as u8])
+            })),
             ImageFormat::Png,
         ),
         encode(DynamicImage::ImageRgb8(picture(32, 32)), ImageFormat::WebP),
@@ -100,7 +102,8 @@ fn wrap(rng: &mut Rng, bytes: Vec<u8>) -> (String, Vec<u8>) {
         0 => {
             let boundary = "fuzzb";
             let name = if rng.below(8) == 0 { "other" } else { "image" };
-            let mut body = format!("--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n").into_bytes();
+            let mut body =
+                format!("--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n").into_bytes();
             body.extend_from_slice(&bytes);
             if rng.below(4) != 0 {
                 body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -132,8 +135,16 @@ fn ten_thousand_generated_uploads_give_a_photo_or_a_4xx_and_never_panic() {
     let (mut decoded, mut refused) = (0, 0);
     for case in 0..10_000 {
         // The large seed is slow to decode: one case in twenty.
-        let seed = if case % 20 == 0 { &seeds[5] } else { &seeds[rng.below(5)] };
-        let bytes = if rng.below(10) == 0 { seed.clone() } else { mutate(&mut rng, seed) };
+        let seed = if case % 20 == 0 {
+            &seeds[5]
+        } else {
+            &seeds[rng.below(5)]
+        };
+        let bytes = if rng.below(10) == 0 {
+            seed.clone()
+        } else {
+            mutate(&mut rng, seed)
+        };
         let (content_type, body) = wrap(&mut rng, bytes);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             runtime.block_on(upload(&content_type, body.clone()))

@@ -232,17 +232,28 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
     let views = plan(w, h, photo.width.min(photo.height), size, ask.regions);
     let crops: Vec<RgbImage> = views.iter().map(|v| crop(&photo.image, *v)).collect();
     let bundle = &model.predictor.bundle;
-    let internal = |e: fruits_bundle::Error| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    let internal = |e: fruits_bundle::Error| {
+        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
     let outputs = model.predictor.outputs_of(&crops).map_err(internal)?;
     let proba = bundle.classify_features(&outputs.features, None).map_err(internal)?;
     let classes = model.classes();
     let rows: Vec<&[f32]> = proba.chunks(classes).collect();
-    let produce: Vec<f32> = outputs.logits.chunks(outputs.logits.len() / views.len()).map(produce_share).collect();
+    let produce: Vec<f32> = outputs
+        .logits
+        .chunks(outputs.logits.len() / views.len())
+        .map(produce_share)
+        .collect();
     let inferred = start.elapsed();
 
     let best = if views.len() == 1 { 0 } else { most_produce(&produce) };
     let ranked = bundle.rank(rows[best], ask.top.max(1));
-    let name = |label: &str| catalog.get(label).map_or(label, |f| f.name(ask.lang.code())).to_string();
+    let name = |label: &str| {
+        catalog
+            .get(label)
+            .map_or(label, |f| f.name(ask.lang.code()))
+            .to_string()
+    };
     let predictions: Vec<Prediction> = ranked
         .iter()
         .map(|r| Prediction {
@@ -291,7 +302,11 @@ fn is_produce(class: usize) -> bool {
 /// little on a view of a table or a wall; this does.
 fn produce_share(logits: &[f32]) -> f32 {
     let p = fruits_backbone::imagenet::softmax(logits);
-    p.iter().enumerate().filter(|(i, _)| is_produce(*i)).map(|(_, p)| p).sum()
+    p.iter()
+        .enumerate()
+        .filter(|(i, _)| is_produce(*i))
+        .map(|(_, p)| p)
+        .sum()
 }
 
 /// The view most like produce (the first on ties: the whole photo).
@@ -384,7 +399,11 @@ mod tests {
             assert!(v.x + v.side <= 1008 && v.y + v.side <= 756, "{v:?} inside");
         }
         let last = views.last().unwrap().unwrap();
-        assert_eq!((last.x + last.side, last.y + last.side), (1008, 756), "the grid reaches the far corner");
+        assert_eq!(
+            (last.x + last.side, last.y + last.side),
+            (1008, 756),
+            "the grid reaches the far corner"
+        );
         assert_eq!(plan(1008, 756, 3024, 224, false).len(), 1);
     }
 

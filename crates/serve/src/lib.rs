@@ -137,12 +137,10 @@ pub async fn start(config: Config, source: ModelSource) -> Result<Running, Error
         threshold_source = model.threshold_source,
         "model loaded"
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
     let state = Arc::new(AppState::new(model, source, &config));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -155,7 +153,12 @@ pub async fn start(config: Config, source: ModelSource) -> Result<Running, Error
             .await
             .map_err(Error::Serve)
     });
-    Ok(Running { addr, state, stop, task })
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        task,
+    })
 }
 
 /// `fruits serve`: serves until SIGTERM or Ctrl-C, finishing the requests in

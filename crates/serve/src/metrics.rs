@@ -58,14 +58,19 @@ impl Metrics {
         out.push_str("# HELP fruits_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE fruits_http_requests_total counter\n");
         for ((route, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(out, "fruits_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "fruits_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
         out.push_str("# HELP fruits_http_errors_total Error responses by error code.\n");
         out.push_str("# TYPE fruits_http_errors_total counter\n");
         for (code, n) in lock(&self.errors).iter() {
             let _ = writeln!(out, "fruits_http_errors_total{{code=\"{code}\"}} {n}");
         }
-        out.push_str("# HELP fruits_identify_seconds Time to identify one photo (decode and model), successful requests.\n");
+        out.push_str(
+            "# HELP fruits_identify_seconds Time to identify one photo (decode and model), successful requests.\n",
+        );
         out.push_str("# TYPE fruits_identify_seconds histogram\n");
         let h = lock(&self.identify);
         for (bound, n) in BUCKETS.iter().zip(h.counts) {
@@ -76,7 +81,11 @@ impl Metrics {
         let _ = writeln!(out, "fruits_identify_seconds_count {}", h.count);
         out.push_str("# HELP fruits_identify_in_flight Photos being identified or waiting for a worker.\n");
         out.push_str("# TYPE fruits_identify_in_flight gauge\n");
-        let _ = writeln!(out, "fruits_identify_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "fruits_identify_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP fruits_model_reloads_total Model reloads by outcome.\n");
         out.push_str("# TYPE fruits_model_reloads_total counter\n");
         for (outcome, n) in lock(&self.reloads).iter() {

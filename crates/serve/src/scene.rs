@@ -27,15 +27,26 @@ pub fn compose(width: u32, height: u32, seed: u64, fruits: &[Placement]) -> RgbI
         rng ^= rng << 17;
         rng
     };
-    let tone = [150 + (next() % 60) as i32, 100 + (next() % 50) as i32, 60 + (next() % 40) as i32];
+    let tone = [
+        150 + (next() % 60) as i32,
+        100 + (next() % 50) as i32,
+        60 + (next() % 40) as i32,
+    ];
     let mut scene = RgbImage::from_fn(width, height, |x, y| {
         let grain = ((y as f32 / 9.0 + (x as f32 / 140.0).sin() * 6.0).sin() * 18.0) as i32;
         Rgb(tone.map(|c| (c + grain).clamp(0, 255) as u8))
     });
     for _ in 0..12 {
-        let (w, h) = (width / 12 + (next() % u64::from(width / 5)) as u32, height / 12 + (next() % u64::from(height / 5)) as u32);
+        let (w, h) = (
+            width / 12 + (next() % u64::from(width / 5)) as u32,
+            height / 12 + (next() % u64::from(height / 5)) as u32,
+        );
         let (x0, y0) = ((next() % u64::from(width)) as u32, (next() % u64::from(height)) as u32);
-        let colour = Rgb([(next() % 200) as u8 + 30, (next() % 200) as u8 + 30, (next() % 200) as u8 + 30]);
+        let colour = Rgb([
+            (next() % 200) as u8 + 30,
+            (next() % 200) as u8 + 30,
+            (next() % 200) as u8 + 30,
+        ]);
         for y in y0..(y0 + h).min(height) {
             for x in x0..(x0 + w).min(width) {
                 scene.put_pixel(x, y, colour);

@@ -34,9 +34,10 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 
 /// `../shared/fruits-360/Training` beside the checkout (or `$FRUITS_DATA/Training`).
 pub fn training() -> PathBuf {
-    let root = std::env::var_os("FRUITS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())).join("../../../shared/fruits-360"));
+    let root = std::env::var_os("FRUITS_DATA").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()))
+            .join("../../../shared/fruits-360")
+    });
     let dir = root.join("Training");
     assert!(
         dir.is_dir(),
@@ -109,7 +110,8 @@ pub fn holdout_split(dir: &Path) -> (PathBuf, PathBuf) {
         assert!(from.is_dir(), "{} is missing", from.display());
         std::os::unix::fs::symlink(from, source.join(class)).unwrap();
     }
-    let script = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())).join("../../scripts/holdout-split");
+    let script = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../scripts/holdout-split");
     let split = dir.join("split");
     let out = Command::new("python3")
         .arg(script)
@@ -153,7 +155,13 @@ pub fn labelled_images(dir: &Path, per_class: usize) -> Vec<(String, PathBuf)> {
         let mut images: Vec<PathBuf> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
         images.sort();
         let step = (images.len() / per_class.max(1)).max(1);
-        out.extend(images.into_iter().step_by(step).take(per_class).map(|p| (label.clone(), p)));
+        out.extend(
+            images
+                .into_iter()
+                .step_by(step)
+                .take(per_class)
+                .map(|p| (label.clone(), p)),
+        );
     }
     out
 }
