@@ -226,6 +226,10 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
             r.all_found.map_or("-".to_string(), |f| format!("{:.1}%", 100.0 * f))
         );
     }
+    println!(
+        "peak RSS of this process (service, load generator and its photos): {:.0} MiB",
+        fruits_pipeline::bench_cluster::peak_rss_mib(std::process::id())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -151,7 +151,7 @@ fn wait_listening(port: u16) -> Result<(), Error> {
 }
 
 /// `VmHWM` of a process, from `/proc` (Linux).
-fn peak_rss_mib(pid: u32) -> f64 {
+pub fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = status
         .lines()

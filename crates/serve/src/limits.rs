@@ -30,7 +30,7 @@ impl Default for Limits {
             body_bytes: 20 << 20,
             pixels: 50_000_000,
             request_timeout: Duration::from_secs(15),
-            in_flight: 64,
+            in_flight: 32,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             rate_per_second: 10.0,
             burst: 30.0,
