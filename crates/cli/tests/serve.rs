@@ -1,10 +1,14 @@
 //! `fruits serve` over real HTTP: a model bundle trained by `fruits run` on 12
-//! classes, real held-out images, every endpoint and every bad input.
+//! classes, real held-out images, every endpoint and every bad input; and the
+//! web page in a real browser: headless Chromium from Debian driven by
+//! Playwright (`tests/browser/identify.cjs`), on a phone-sized screen, in
+//! English and French, screenshots kept in `out/test-artifacts/`.
 
 mod common;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::http::{multipart, read_reply, write_head, Server, ADMIN_TOKEN};
@@ -479,4 +483,66 @@ fn reload_swaps_the_model_without_dropping_requests_in_flight() {
         metrics.contains("fruits_model_reloads_total{outcome=\"failed\"} 1"),
         "{metrics}"
     );
+}
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()))
+        .join("tests/browser")
+}
+
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("FRUITS_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| browser_dir().join("../../../../out/test-artifacts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_page_names_an_uploaded_fruit_on_a_phone_screen_in_both_languages() {
+    let dir = browser_dir();
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run `npm ci --prefix {}` (scripts/test does)",
+        dir.display()
+    );
+    let (run, test) = trained_run();
+    let server = Server::start(run, &[]);
+    let (label, image) = labelled_images(test, 1)
+        .into_iter()
+        .find(|(label, _)| label == "Strawberry 1")
+        .expect("a held-out strawberry");
+    for lang in ["en", "fr"] {
+        let facts = server
+            .get(&format!("/v1/fruits/{}?lang={lang}", label.replace(' ', "%20")))
+            .json();
+        let name = facts["name"].as_str().unwrap();
+        let screenshot = artifacts().join(format!("web-{lang}.png"));
+        let out = Command::new("node")
+            .arg(dir.join("identify.cjs"))
+            .arg(format!("http://{}", server.addr))
+            .arg(&image)
+            .arg(name)
+            .arg(&screenshot)
+            .arg(lang)
+            .output()
+            .expect("node runs (install Node.js)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{lang}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+        assert!(seen["top1"].as_str().unwrap().contains(name), "{seen}");
+        assert_eq!(
+            (seen["facts"].as_bool(), seen["overflow"].as_bool()),
+            (Some(true), Some(false)),
+            "{seen}"
+        );
+        assert!(
+            std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+            "a real screenshot"
+        );
+    }
 }
