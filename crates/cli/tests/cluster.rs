@@ -186,15 +186,8 @@ fn run_on_the_cluster_fits_the_in_process_model() {
     let tmp = tempfile::tempdir().unwrap();
     let (train, test) = common::holdout_split(tmp.path());
     let run = |out: &Path, cluster: Option<&str>| {
-        let mut cmd = fruits();
-        cmd.arg("run")
-            .arg("--train")
-            .arg(&train)
-            .arg("--test")
-            .arg(&test)
-            .arg("--output")
-            .arg(out)
-            .args(["--rows-per-task", "64"]);
+        let mut cmd = common::fruits_run(&train, &test, out);
+        cmd.args(["--rows-per-task", "64"]);
         if let Some(url) = cluster {
             cmd.args(["--cluster", url]);
         }

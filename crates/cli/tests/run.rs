@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fruits, holdout_split, read_parquet_dir, run_ok, RUN_CLASSES};
+use common::{fruits, fruits_run, holdout_split, read_parquet_dir, run_ok, RUN_CLASSES};
 use datafusion::arrow::array::AsArray;
 
 fn json_file(path: &Path) -> serde_json::Value {
@@ -25,17 +25,7 @@ fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
     let (train, test) = holdout_split(tmp.path());
     std::fs::write(test.join("Kiwi 1/broken.jpg"), b"not an image").unwrap();
     let out = tmp.path().join("out");
-    run_ok(
-        fruits()
-            .arg("run")
-            .arg("--train")
-            .arg(&train)
-            .arg("--test")
-            .arg(&test)
-            .arg("--output")
-            .arg(&out)
-            .args(["--rows-per-task", "64"]),
-    );
+    run_ok(fruits_run(&train, &test, &out).args(["--rows-per-task", "64"]));
 
     let metrics = json_file(&out.join("report/metrics.json"));
     assert_eq!(metrics["classes"], RUN_CLASSES.len());

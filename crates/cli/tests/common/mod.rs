@@ -123,6 +123,19 @@ pub fn holdout_split(dir: &Path) -> (PathBuf, PathBuf) {
     (split.join("train"), split.join("test"))
 }
 
+/// `fruits run --train TRAIN --test TEST --output OUT`, to add flags to.
+pub fn fruits_run(train: &Path, test: &Path, out: &Path) -> Command {
+    let mut cmd = fruits();
+    cmd.arg("run")
+        .arg("--train")
+        .arg(train)
+        .arg("--test")
+        .arg(test)
+        .arg("--output")
+        .arg(out);
+    cmd
+}
+
 /// A `fruits run` output over the [`RUN_CLASSES`] holdout split, made once per
 /// test binary: `(run output, held-out test folder)`.
 pub fn trained_run() -> &'static (PathBuf, PathBuf) {
@@ -131,16 +144,7 @@ pub fn trained_run() -> &'static (PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap().keep();
         let (train, test) = holdout_split(&dir);
         let out = dir.join("run");
-        run_ok(
-            fruits()
-                .arg("run")
-                .arg("--train")
-                .arg(&train)
-                .arg("--test")
-                .arg(&test)
-                .arg("--output")
-                .arg(&out),
-        );
+        run_ok(&mut fruits_run(&train, &test, &out));
         (out, test)
     })
 }
