@@ -1,6 +1,6 @@
-//! What the app tells people about a fruit: for every Fruits-360 class, names
-//! in English and French, Latin name, family, a one-line description, the
-//! season, and energy, carbohydrates, fibre and vitamin C per 100 g.
+//! What the app tells people about a fruit: for every Fruits-360 class, names,
+//! a one-line description and the season in English and French, Latin name,
+//! family, and energy, carbohydrates, fibre and vitamin C per 100 g.
 //!
 //! The facts live in `data/fruits.toml`, written by us from public reference
 //! knowledge and compiled into the binary. A class maps to a *kind* (a species
@@ -20,6 +20,8 @@ pub enum Error {
     Parse(String),
     #[error("class '{class}' names kind '{kind}', which is not defined")]
     UnknownKind { class: String, kind: String },
+    #[error("class '{0}' has a description without its French translation (description_fr)")]
+    Untranslated(String),
 }
 
 /// Per 100 g of the raw edible part.
@@ -43,12 +45,32 @@ pub struct Fruit {
     pub kind_fr: String,
     pub latin: String,
     pub family: String,
-    pub description: String,
-    pub season: String,
+    pub description_en: String,
+    pub description_fr: String,
+    pub season_en: String,
+    pub season_fr: String,
     pub per_100g: Nutrition,
 }
 
 impl Fruit {
+    /// The one-line description in `lang` (`fr`, else English).
+    pub fn description(&self, lang: &str) -> &str {
+        if lang.starts_with("fr") {
+            &self.description_fr
+        } else {
+            &self.description_en
+        }
+    }
+
+    /// The main harvest season in `lang` (`fr`, else English).
+    pub fn season(&self, lang: &str) -> &str {
+        if lang.starts_with("fr") {
+            &self.season_fr
+        } else {
+            &self.season_en
+        }
+    }
+
     /// The display name in `lang` (`fr`, else English).
     pub fn name(&self, lang: &str) -> &str {
         if lang.starts_with("fr") {
@@ -66,7 +88,9 @@ struct Kind {
     latin: String,
     family: String,
     description: String,
+    description_fr: String,
     season: String,
+    season_fr: String,
     #[serde(flatten)]
     nutrition: Nutrition,
 }
@@ -77,6 +101,7 @@ struct Class {
     en: String,
     fr: String,
     description: Option<String>,
+    description_fr: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,8 +141,14 @@ impl Catalog {
                 kind_fr: kind.fr.clone(),
                 latin: kind.latin.clone(),
                 family: kind.family.clone(),
-                description: class.description.clone().unwrap_or_else(|| kind.description.clone()),
-                season: kind.season.clone(),
+                description_en: class.description.clone().unwrap_or_else(|| kind.description.clone()),
+                description_fr: match (&class.description, &class.description_fr) {
+                    (None, None) => kind.description_fr.clone(),
+                    (Some(_), Some(fr)) => fr.clone(),
+                    _ => return Err(Error::Untranslated(label.clone())),
+                },
+                season_en: kind.season.clone(),
+                season_fr: kind.season_fr.clone(),
                 per_100g: kind.nutrition.clone(),
             };
             fruits.insert(label.clone(), fruit);

@@ -31,14 +31,24 @@ fn every_class_of_the_data_set_has_complete_facts() {
             ("name_fr", &f.name_fr),
             ("latin", &f.latin),
             ("family", &f.family),
-            ("description", &f.description),
-            ("season", &f.season),
+            ("description_en", &f.description_en),
+            ("description_fr", &f.description_fr),
+            ("season_en", &f.season_en),
+            ("season_fr", &f.season_fr),
         ] {
             assert!(value.trim().len() >= 3, "{class}: {field} is empty");
         }
         assert!(f.latin.contains(' '), "{class}: '{}' is not a binomial", f.latin);
         assert!(f.family.ends_with("aceae"), "{class}: family '{}'", f.family);
-        assert!(f.description.ends_with('.'), "{class}: description is one sentence");
+        assert!(f.description_en.ends_with('.'), "{class}: description is one sentence");
+        assert!(
+            f.description_fr.ends_with('.'),
+            "{class}: description_fr is one sentence"
+        );
+        assert_ne!(
+            f.description_en, f.description_fr,
+            "{class}: description_fr is translated"
+        );
         let n = &f.per_100g;
         assert!(n.kcal > 0.0 && n.kcal <= 900.0, "{class}: {} kcal", n.kcal);
         assert!((0.0..=100.0).contains(&n.carbohydrates_g), "{class}: carbohydrates");
@@ -68,6 +78,9 @@ fn names_follow_the_language_asked_for() {
     assert_eq!(lemon.latin, "Citrus × limon");
     let apple = Catalog::embedded().get("Apple Braeburn 1").unwrap();
     assert_eq!((apple.kind_en.as_str(), apple.kind_fr.as_str()), ("Apple", "Pomme"));
+    assert_eq!(lemon.description("fr"), lemon.description_fr);
+    assert_eq!(lemon.season("en"), lemon.season_en);
+    assert_ne!(lemon.season("fr"), lemon.season("en"));
 }
 
 #[test]
@@ -75,4 +88,23 @@ fn a_class_naming_an_unknown_kind_is_refused() {
     let bad = "[kinds]\n[classes.\"X 1\"]\nkind = \"nope\"\nen = \"X\"\nfr = \"X\"\n";
     assert!(matches!(Catalog::parse(bad), Err(Error::UnknownKind { .. })));
     assert!(matches!(Catalog::parse("not toml ["), Err(Error::Parse(_))));
+}
+
+#[test]
+fn a_class_description_without_its_french_is_refused() {
+    let kind = "[kinds.x]\nen = \"X\"\nfr = \"X\"\nlatin = \"X y\"\nfamily = \"Xaceae\"\ndescription = \"D.\"\ndescription_fr = \"Df.\"\nseason = \"S\"\nseason_fr = \"Sf\"\nkcal = 1\ncarbohydrates_g = 0\nfibre_g = 0\nvitamin_c_mg = 0\n";
+    let class = "[classes.\"X 1\"]\nkind = \"x\"\nen = \"X\"\nfr = \"X\"\ndescription = \"Own.\"\n";
+    assert!(matches!(
+        Catalog::parse(&format!("{kind}{class}")),
+        Err(Error::Untranslated(_))
+    ));
+    let translated = format!("{kind}{class}description_fr = \"Propre.\"\n");
+    assert_eq!(
+        Catalog::parse(&translated)
+            .unwrap()
+            .get("X 1")
+            .unwrap()
+            .description("fr"),
+        "Propre."
+    );
 }

@@ -54,6 +54,7 @@ fn held_out_photos_are_named_with_facts_in_english_and_french() {
         .json();
     let en = server.get(&format!("/v1/fruits/{}", label.replace(' ', "%20"))).json();
     assert_ne!(fr["name"], en["name"], "{label} has a French name");
+    assert_ne!(fr["description"], en["description"], "and a French description");
     let by_query = server
         .post_image("/v1/identify?lang=fr&top=3", "image/jpeg", &image_bytes(path))
         .json();

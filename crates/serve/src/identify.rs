@@ -96,7 +96,7 @@ pub struct FruitFacts {
     pub kind: String,
     pub latin: String,
     pub family: String,
-    /// One line, in English.
+    /// One line.
     pub description: String,
     pub season: String,
     pub per_100g: Per100g,
@@ -123,8 +123,8 @@ impl FruitFacts {
             },
             latin: fruit.latin.clone(),
             family: fruit.family.clone(),
-            description: fruit.description.clone(),
-            season: fruit.season.clone(),
+            description: fruit.description(lang.code()).to_string(),
+            season: fruit.season(lang.code()).to_string(),
             per_100g: Per100g {
                 kcal: n.kcal,
                 carbohydrates_g: n.carbohydrates_g,
