@@ -261,13 +261,11 @@ impl Predictor {
     }
 
     /// Backbone outputs (features and ImageNet logits) of decoded images, one
-    /// batch: each is resized and centre-cropped to the input square exactly
-    /// as in [`Predictor::features`].
+    /// batch, prepared as in [`Predictor::features`].
     pub fn outputs_of(&self, images: &[RgbImage]) -> Result<Outputs, Error> {
         let mut input = Vec::with_capacity(images.len() * self.spec.len());
         for image in images {
-            let square = fruits_preprocess::resize(image, self.spec.size)?;
-            fruits_preprocess::normalize_into(&square, &self.spec, &mut input);
+            fruits_preprocess::prepare_decoded(image, &self.spec, &mut input)?;
         }
         Ok(self.backbone.run(input, images.len(), self.spec.size)?)
     }

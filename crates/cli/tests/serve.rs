@@ -364,15 +364,7 @@ fn rate_concurrency_and_time_limits_answer_429_and_503() {
         &["--max-in-flight", "1", "--timeout-seconds", "2", "--rate-limit", "0"],
     );
     // A slow upload holds the only place...
-    let mut slow = server.connect();
-    write_head(
-        &mut slow,
-        "POST",
-        "/v1/identify",
-        &[("content-type", "image/jpeg")],
-        Some(good.len()),
-    );
-    slow.write_all(&good[..good.len() / 2]).unwrap();
+    let slow = server.begin_upload(&good, good.len() / 2);
     std::thread::sleep(Duration::from_millis(300));
     // ...so another photo is turned away at once,
     let busy = server.post_image("/v1/identify", "image/jpeg", &good);
@@ -430,15 +422,7 @@ fn reload_swaps_the_model_without_dropping_requests_in_flight() {
     reload(Some("wrong-token")).assert_error(401, "unauthorized");
 
     // A request in flight (its upload half sent) when the model is swapped...
-    let mut in_flight = server.connect();
-    write_head(
-        &mut in_flight,
-        "POST",
-        "/v1/identify",
-        &[("content-type", "image/jpeg")],
-        Some(good.len()),
-    );
-    in_flight.write_all(&good[..100]).unwrap();
+    let mut in_flight = server.begin_upload(&good, 100);
     std::thread::sleep(Duration::from_millis(200));
     let second = republish(&model_dir, true);
     let swapped = reload(Some(ADMIN_TOKEN));

@@ -69,8 +69,13 @@ impl Spec {
 
 /// Decodes, resizes and normalises one image, appending its tensor to `out`.
 pub fn prepare(bytes: &[u8], spec: &Spec, out: &mut Vec<f32>) -> Result<(), Error> {
-    let rgb = decode(bytes)?;
-    let resized = resize(&rgb, spec.size)?;
+    prepare_decoded(&decode(bytes)?, spec, out)
+}
+
+/// [`prepare`] after decoding: resizes and normalises an image already
+/// decoded (by [`photo`], say), appending its tensor to `out`.
+pub fn prepare_decoded(image: &RgbImage, spec: &Spec, out: &mut Vec<f32>) -> Result<(), Error> {
+    let resized = resize(image, spec.size)?;
     normalize_into(&resized, spec, out);
     Ok(())
 }

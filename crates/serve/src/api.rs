@@ -51,7 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         })
         .layer(from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+            ApiError::internal("internal error").into_response()
         }))
         .with_state(state)
 }
@@ -215,7 +215,7 @@ async fn identify_photo(
         identify::identify(&model, catalog, &bytes, &ask)
     })
     .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "identification failed"))??;
+    .map_err(|_| ApiError::internal("identification failed"))??;
     s.metrics.identified(start.elapsed());
     Ok(Json(answer))
 }
@@ -225,7 +225,7 @@ fn ask_of(
     headers: &HeaderMap,
     s: &AppState,
 ) -> Result<Ask, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let Query(q) = query?;
     let top = q.top.unwrap_or(5);
     if !(1..=20).contains(&top) {
         return Err(ApiError::new(
@@ -366,7 +366,7 @@ async fn list_fruits(
     query: Result<Query<LangQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<FruitList>, ApiError> {
-    let lang = lang_of(query_lang(query)?.as_deref(), &headers)?;
+    let lang = lang_of(query?.0.lang.as_deref(), &headers)?;
     let mut fruits: Vec<FruitFacts> = s.catalog.all().map(|f| FruitFacts::new(f, lang)).collect();
     fruits.sort_by(|a, b| a.label.cmp(&b.label));
     Ok(Json(FruitList { fruits }))
@@ -381,7 +381,7 @@ async fn one_fruit(
     query: Result<Query<LangQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<FruitFacts>, ApiError> {
-    let lang = lang_of(query_lang(query)?.as_deref(), &headers)?;
+    let lang = lang_of(query?.0.lang.as_deref(), &headers)?;
     let fruit = s.catalog.get(&label).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -390,11 +390,6 @@ async fn one_fruit(
         )
     })?;
     Ok(Json(FruitFacts::new(fruit, lang)))
-}
-
-fn query_lang(query: Result<Query<LangQuery>, QueryRejection>) -> Result<Option<String>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    Ok(q.lang)
 }
 
 /// The answer of a successful reload.

@@ -1,6 +1,7 @@
 //! Every failure of the API as `{"error": "...", "code": "..."}` with a 4xx
 //! or 5xx status: clients branch on `code`, people read `error`.
 
+use axum::extract::rejection::QueryRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -45,6 +46,10 @@ impl ApiError {
         self
     }
 
+    pub fn internal(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", what)
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
     }
@@ -55,6 +60,12 @@ impl ApiError {
             "body_too_large",
             format!("the upload is over the limit of {} bytes", limit),
         )
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text())
     }
 }
 

@@ -232,9 +232,7 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
     let views = plan(w, h, photo.width.min(photo.height), size, ask.regions);
     let crops: Vec<RgbImage> = views.iter().map(|v| crop(&photo.image, *v)).collect();
     let bundle = &model.predictor.bundle;
-    let internal = |e: fruits_bundle::Error| {
-        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    };
+    let internal = |e: fruits_bundle::Error| ApiError::internal(e.to_string());
     let outputs = model.predictor.outputs_of(&crops).map_err(internal)?;
     let proba = bundle.classify_features(&outputs.features, None).map_err(internal)?;
     let classes = model.classes();
@@ -248,17 +246,11 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
 
     let best = if views.len() == 1 { 0 } else { most_produce(&produce) };
     let ranked = bundle.rank(rows[best], ask.top.max(1));
-    let name = |label: &str| {
-        catalog
-            .get(label)
-            .map_or(label, |f| f.name(ask.lang.code()))
-            .to_string()
-    };
     let predictions: Vec<Prediction> = ranked
         .iter()
         .map(|r| Prediction {
             label: r.label.clone(),
-            name: name(&r.label),
+            name: display_name(catalog, &r.label, ask.lang),
             probability: r.probability,
         })
         .collect();
@@ -281,6 +273,11 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
         },
         model: model.id.clone(),
     })
+}
+
+/// A class's name in `lang`, or its label when the catalogue lacks it.
+fn display_name(catalog: &Catalog, label: &str, lang: Lang) -> String {
+    catalog.get(label).map_or(label, |f| f.name(lang.code())).to_string()
 }
 
 fn crop(image: &RgbImage, view: Option<View>) -> RgbImage {
@@ -332,8 +329,9 @@ fn regions(
         if best.probability < model.threshold || produce < PRODUCE_MIN {
             continue;
         }
-        let fruit = catalog.get(&best.label);
-        let kind = fruit.map_or(best.label.clone(), |f| f.kind_en.clone());
+        let kind = catalog
+            .get(&best.label)
+            .map_or(best.label.clone(), |f| f.kind_en.clone());
         let bounds = BoundingBox {
             x: v.x as f32 / w as f32,
             y: v.y as f32 / h as f32,
@@ -345,7 +343,7 @@ fn regions(
                 region.bounds = union(region.bounds, bounds);
                 if best.probability > region.probability {
                     region.label = best.label.clone();
-                    region.name = fruit.map_or(best.label.clone(), |f| f.name(lang.code()).to_string());
+                    region.name = display_name(catalog, &best.label, lang);
                     region.probability = best.probability;
                 }
             }
@@ -354,7 +352,7 @@ fn regions(
                 Region {
                     bounds,
                     label: best.label.clone(),
-                    name: fruit.map_or(best.label.clone(), |f| f.name(lang.code()).to_string()),
+                    name: display_name(catalog, &best.label, lang),
                     probability: best.probability,
                 },
             )),

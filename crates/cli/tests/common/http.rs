@@ -76,6 +76,21 @@ impl Server {
         stream
     }
 
+    /// A JPEG upload to `/v1/identify` of which only the first `sent` bytes
+    /// have gone out: a request in flight, to finish with `write_all`.
+    pub fn begin_upload(&self, jpeg: &[u8], sent: usize) -> TcpStream {
+        let mut stream = self.connect();
+        write_head(
+            &mut stream,
+            "POST",
+            "/v1/identify",
+            &[("content-type", "image/jpeg")],
+            Some(jpeg.len()),
+        );
+        stream.write_all(&jpeg[..sent]).unwrap();
+        stream
+    }
+
     /// Polls `/readyz` until `done` holds for its JSON.
     pub fn wait_ready(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let start = Instant::now();
