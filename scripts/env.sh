@@ -21,6 +21,11 @@ ensure_prerequisites() {
   fi
 }
 
+# The unused-dependency check (scripts/test), installed once per machine.
+ensure_machete() {
+  command -v cargo-machete >/dev/null || cargo install --locked --quiet cargo-machete@0.9.2
+}
+
 build_release() {
   cargo build --release --locked -p fruits
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use fruits_pipeline::bench::{run as bench, BenchOptions};
-use fruits_pipeline::bench_cluster::{run as bench_cluster, ClusterBenchOptions};
+use fruits_bench::cluster::{run as bench_cluster, ClusterBenchOptions};
+use fruits_bench::featurize::{run as bench, BenchOptions};
 
 use crate::ModelDirArg;
 
@@ -172,7 +172,7 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
         backbone_dir: args.backbone.resolve(),
         min_confidence: None,
     };
-    let opts = fruits_serve::bench::ServeBenchOptions {
+    let opts = fruits_bench::serve::ServeBenchOptions {
         images: args.images.clone(),
         clients: args.clients,
         requests: args.requests,
@@ -180,7 +180,7 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
         photos: args.photos,
         limits: args.limits.limits()?,
     };
-    let rows = fruits_serve::bench::run(source, &opts).await?;
+    let rows = fruits_bench::serve::run(source, &opts).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -228,7 +228,7 @@ async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "peak RSS of this process (service, load generator and its photos): {:.0} MiB",
-        fruits_pipeline::bench_cluster::peak_rss_mib(std::process::id())
+        fruits_bench::process::peak_rss_mib(std::process::id())
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -301,9 +301,12 @@ async fn classify(
     components: fruits_pca::Keep,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let ctx =
-        fruits_engine::in_process(&fruits_engine::EngineOptions::new(fruits_backbone::default_model_dir())).await?;
-    let output = fruits_dataset::Location::parse(features)?;
+    let ctx = fruits_engine::session(
+        &fruits_engine::EngineOptions::new(fruits_backbone::default_model_dir()),
+        None,
+    )
+    .await?;
+    let output = fruits_storage::Location::parse(features)?;
     let rows = fruits_pipeline::learn::read_featurized(&ctx, &output).await?;
     let opts = fruits_pipeline::learn::LearnOptions {
         components,
@@ -313,7 +316,7 @@ async fn classify(
         println!("| rows | k | classes | PCA fit s | LR train s (iterations) | RF train s (100 trees) | LR predict rows/s | RF predict rows/s |");
         println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     }
-    let mut print = move |b: &fruits_pipeline::bench_classify::ClassifyBench| {
+    let mut print = move |b: &fruits_bench::classify::ClassifyBench| {
         if json {
             println!("{}", serde_json::to_string(b).expect("a bench row serializes"));
         } else {
@@ -332,7 +335,6 @@ async fn classify(
         }
     };
     let factors = factors.to_vec();
-    tokio::task::spawn_blocking(move || fruits_pipeline::bench_classify::run(&rows, &factors, &opts, &mut print))
-        .await??;
+    tokio::task::spawn_blocking(move || fruits_bench::classify::run(&rows, &factors, &opts, &mut print)).await??;
     Ok(ExitCode::SUCCESS)
 }

@@ -32,9 +32,12 @@ pub struct ValidateArgs {
 }
 
 pub async fn validate_cmd(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let ctx =
-        fruits_engine::in_process(&fruits_engine::EngineOptions::new(fruits_backbone::default_model_dir())).await?;
-    let output = fruits_dataset::Location::parse(&args.features)?;
+    let ctx = fruits_engine::session(
+        &fruits_engine::EngineOptions::new(fruits_backbone::default_model_dir()),
+        None,
+    )
+    .await?;
+    let output = fruits_storage::Location::parse(&args.features)?;
     let rows = fruits_pipeline::learn::read_featurized(&ctx, &output).await?;
     let grid = Grid {
         components: args.components,
@@ -181,7 +184,7 @@ pub async fn predict_cmd(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let mut failures = 0;
     for image in &args.images {
         let result = async {
-            let bytes = fruits_dataset::ObjectUri::from_arg(image)?.read().await?;
+            let bytes = fruits_storage::ObjectUri::from_arg(image)?.read().await?;
             Ok::<_, anyhow::Error>(predictor.predict(&bytes, args.top, args.classifier.as_deref())?)
         }
         .await;
@@ -231,10 +234,7 @@ pub struct TrainArgs {
 
 pub async fn train_cmd(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let opts = fruits_engine::EngineOptions::new(args.model.resolve());
-    let ctx = match &args.cluster {
-        None => fruits_engine::in_process(&opts).await?,
-        Some(url) => fruits_engine::cluster::remote(url, &opts).await?,
-    };
+    let ctx = fruits_engine::session(&opts, args.cluster.as_deref()).await?;
     let learn = fruits_pipeline::learn::LearnOptions {
         components: args.components,
         ..Default::default()

@@ -119,33 +119,14 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
         message.push_str(&text);
     }
     let flat = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    fruits_dataset::redact(&flat)
+    fruits_storage::redact(&flat)
 }
 
 fn init_logging(filter: &str) {
     use std::io::IsTerminal;
-    // Our crates log under `fruits_*` targets; map the `fruits` shorthand to all of them.
-    let expanded = filter
-        .split(',')
-        .flat_map(|d| match d.split_once('=') {
-            Some(("fruits", level)) => [
-                "fruits",
-                "fruits_backbone",
-                "fruits_pipeline",
-                "fruits_featurize",
-                "fruits_engine",
-                "fruits_dataset",
-                "fruits_classify",
-                "fruits_bundle",
-                "fruits_serve",
-            ]
-            .map(|t| format!("{t}={level}"))
-            .to_vec(),
-            _ => vec![d.to_string()],
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let env = std::env::var("RUST_LOG").unwrap_or(expanded);
+    // Our crates log under `fruits_*` targets, and an `EnvFilter` target
+    // matches by prefix: `fruits=info` covers all of them.
+    let env = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&env).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

@@ -8,8 +8,8 @@ use clap::Subcommand;
 use fruits_backbone::imagenet::{top_k, Ranked};
 use fruits_backbone::install::{install, InstallOptions, Outcome};
 use fruits_backbone::Backbone;
-use fruits_dataset::ObjectUri;
 use fruits_preprocess::Spec;
+use fruits_storage::ObjectUri;
 
 use crate::ModelDirArg;
 

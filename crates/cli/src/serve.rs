@@ -53,23 +53,18 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn limits(&self) -> anyhow::Result<Limits> {
-        anyhow::ensure!(
-            self.timeout_seconds.is_finite() && self.timeout_seconds > 0.0,
-            "--timeout-seconds must be positive"
-        );
-        anyhow::ensure!(
-            self.rate_limit >= 0.0 && self.burst >= 1.0,
-            "--rate-limit must be ≥ 0 and --burst ≥ 1"
-        );
-        Ok(Limits {
+        // `Duration` panics on negative, infinite or NaN seconds: refuse those here.
+        let timeout = Duration::try_from_secs_f64(self.timeout_seconds).unwrap_or(Duration::ZERO);
+        let limits = Limits {
             body_bytes: self.max_body_bytes,
             pixels: self.max_pixels,
-            request_timeout: Duration::from_secs_f64(self.timeout_seconds),
+            request_timeout: timeout,
             in_flight: self.max_in_flight,
             workers: self.workers.unwrap_or(Limits::default().workers),
             rate_per_second: self.rate_limit,
             burst: self.burst,
-        })
+        };
+        Ok(limits.validate()?)
     }
 }
 

@@ -66,6 +66,7 @@ fn report(size: u32, rates: &BTreeMap<&str, (usize, usize)>) -> f64 {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model on real photos; scripts/test runs it"]
 fn six_fruit_classes_are_recognised_at_224() {
     let rates = top5_rates(224);
     let overall = report(224, &rates);
@@ -76,6 +77,7 @@ fn six_fruit_classes_are_recognised_at_224() {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model on real photos; scripts/test runs it"]
 fn native_100_input_is_reported() {
     let rates = top5_rates(100);
     let overall = report(100, &rates);
@@ -84,6 +86,7 @@ fn native_100_input_is_reported() {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model on real photos; scripts/test runs it"]
 fn a_bad_image_among_good_ones_is_reported_and_the_rest_printed() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("not-an-image.jpg");

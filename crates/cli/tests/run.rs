@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use common::{fruits, fruits_run, holdout_split, read_parquet_dir, run_ok, RUN_CLASSES};
 use datafusion::arrow::array::AsArray;
@@ -19,23 +20,38 @@ fn count_images(dir: &Path) -> usize {
         .sum()
 }
 
-#[test]
-fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (train, test) = holdout_split(tmp.path());
-    std::fs::write(test.join("Kiwi 1/broken.jpg"), b"not an image").unwrap();
-    let out = tmp.path().join("out");
-    run_ok(fruits_run(&train, &test, &out).args(["--rows-per-task", "64"]));
+/// One `fruits run` over the holdout split with a broken image planted in
+/// the test split, made once and shared by the tests below.
+struct Run {
+    train: PathBuf,
+    test: PathBuf,
+    out: PathBuf,
+}
 
+fn run() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let (train, test) = holdout_split(&dir);
+        std::fs::write(test.join("Kiwi 1/broken.jpg"), b"not an image").unwrap();
+        let out = dir.join("out");
+        run_ok(fruits_run(&train, &test, &out).args(["--rows-per-task", "64"]));
+        Run { train, test, out }
+    })
+}
+
+#[test]
+#[ignore = "end-to-end: fruits run with the installed model; scripts/test runs it"]
+fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
+    let Run { train, test, out } = run();
     let metrics = json_file(&out.join("report/metrics.json"));
     assert_eq!(metrics["classes"], RUN_CLASSES.len());
-    assert_eq!(metrics["train_rows"], count_images(&train));
+    assert_eq!(metrics["train_rows"], count_images(train));
     assert_eq!(
         metrics["test_rows"],
-        count_images(&test) - 1,
+        count_images(test) - 1,
         "the broken image is not a row"
     );
-    let k = metrics["pca"]["k"].as_u64().unwrap() as i32;
     let explained = metrics["pca"]["explained_variance"].as_f64().unwrap();
     assert!((0.95..1.0).contains(&explained), "{explained}");
     // Chance is 1/12; look-alike apples, cherries and tomatoes are included.
@@ -54,7 +70,15 @@ fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
         let accuracy = c["accuracy"].as_f64().unwrap();
         assert!(accuracy >= floor, "{name}: accuracy {accuracy} < {floor}");
     }
+}
 
+#[test]
+#[ignore = "end-to-end: fruits run with the installed model; scripts/test runs it"]
+fn run_writes_the_seeds_table_and_the_broken_image_as_an_error() {
+    let Run { train, test, out } = run();
+    let k = json_file(&out.join("report/metrics.json"))["pca"]["k"]
+        .as_u64()
+        .unwrap() as i32;
     // The seed's table: path, label, split, features, pca.
     let batches = read_parquet_dir(&out.join("features"));
     let (mut train_rows, mut test_rows) = (0, 0);
@@ -71,7 +95,7 @@ fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
             }
         }
     }
-    assert_eq!((train_rows, test_rows), (count_images(&train), count_images(&test) - 1));
+    assert_eq!((train_rows, test_rows), (count_images(train), count_images(test) - 1));
     let errors = read_parquet_dir(&out.join("errors"));
     let failed: Vec<(String, String)> = errors
         .iter()
@@ -84,7 +108,12 @@ fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
         .collect();
     assert_eq!(failed.len(), 1);
     assert!(failed[0].0.ends_with("Kiwi 1/broken.jpg") && failed[0].1 == "test");
+}
 
+#[test]
+#[ignore = "end-to-end: fruits run with the installed model; scripts/test runs it"]
+fn run_writes_the_report_the_bundle_and_success_last() {
+    let Run { out, .. } = run();
     let html = std::fs::read_to_string(out.join("report/index.html")).unwrap();
     for part in [
         "<svg",
@@ -100,14 +129,19 @@ fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
     let summary = json_file(&out.join("_SUCCESS"));
     assert!(summary["stages"].as_array().unwrap().len() >= 6);
     assert!(!out.join("_work").exists(), "scratch is removed");
+}
 
-    // `evaluate` featurizes the test images again and must agree with the run.
+#[test]
+#[ignore = "end-to-end: fruits run with the installed model; scripts/test runs it"]
+fn evaluate_featurizes_the_test_images_again_and_agrees_with_the_run() {
+    let Run { test, out, .. } = run();
+    let metrics = json_file(&out.join("report/metrics.json"));
     let eval = run_ok(
         fruits()
             .args(["evaluate", "--json", "--model"])
-            .arg(&out)
+            .arg(out)
             .arg("--input")
-            .arg(&test),
+            .arg(test),
     );
     let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     let lr = eval["classifiers"]
@@ -121,8 +155,13 @@ fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
             .as_f64()
             .unwrap();
     assert!(same.abs() < 1e-9, "evaluate and run disagree by {same}");
+}
 
-    // `predict`: one held-out image per class, JSON lines, labels = folder names.
+#[test]
+#[ignore = "end-to-end: fruits run with the installed model; scripts/test runs it"]
+fn predict_names_held_out_images_and_refuses_a_broken_one() {
+    let Run { test, out, .. } = run();
+    // One held-out image per class, JSON lines, labels = folder names.
     let images: Vec<_> = RUN_CLASSES
         .iter()
         .map(|c| {
@@ -159,7 +198,7 @@ fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
 
     let bad = fruits()
         .args(["predict", "--model"])
-        .arg(&out)
+        .arg(out)
         .arg(test.join("Kiwi 1/broken.jpg"))
         .output()
         .unwrap();
@@ -168,6 +207,7 @@ fn run_featurizes_reduces_learns_and_scores_far_above_chance() {
 }
 
 #[test]
+#[ignore = "end-to-end: fruits run with the installed model; scripts/test runs it"]
 fn train_and_evaluate_work_apart_on_a_featurize_output() {
     let tmp = tempfile::tempdir().unwrap();
     let (train, test) = holdout_split(tmp.path());

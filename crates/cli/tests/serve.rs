@@ -9,7 +9,6 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::http::{multipart, read_reply, write_head, Server, ADMIN_TOKEN};
 use common::{labelled_images, trained_run};
@@ -19,6 +18,7 @@ fn image_bytes(path: &Path) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn held_out_photos_are_named_with_facts_in_english_and_french() {
     let (run, test) = trained_run();
     let server = Server::start(run, &[]);
@@ -78,20 +78,21 @@ fn held_out_photos_are_named_with_facts_in_english_and_french() {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn a_12_mp_phone_photo_held_sideways_is_decoded_oriented_and_looked_at_in_parts() {
     let (run, test) = trained_run();
     let server = Server::start(run, &[]);
     let (_, path) = &labelled_images(test, 1)[0];
     let fruit = fruits_preprocess::decode(&image_bytes(path)).unwrap();
-    let place = fruits_serve::scene::Placement {
+    let place = fruits_bench::scene::Placement {
         fruit: &fruit,
         centre: (0.3, 0.4),
         side: 0.45,
     };
-    let scene = fruits_serve::scene::compose(4032, 3024, 3, &[place]);
+    let scene = fruits_bench::scene::compose(4032, 3024, 3, &[place]);
     // Stored as the sensor saw it (portrait) with "rotate 90° clockwise" in EXIF.
     let stored = image::imageops::rotate270(&scene);
-    let jpeg = fruits_preprocess::photo::with_exif_orientation(&fruits_serve::scene::jpeg(&stored, 90), 6);
+    let jpeg = fruits_preprocess::photo::with_exif_orientation(&fruits_bench::scene::jpeg(&stored, 90), 6);
     let answer = server.post_image("/v1/identify", "image/jpeg", &jpeg).json();
     assert_eq!(
         (answer["image"]["width"].as_u64(), answer["image"]["height"].as_u64()),
@@ -106,6 +107,7 @@ fn a_12_mp_phone_photo_held_sideways_is_decoded_oriented_and_looked_at_in_parts(
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn catalogue_health_readiness_metrics_and_openapi() {
     let (run, test) = trained_run();
     let server = Server::start(run, &[]);
@@ -208,6 +210,7 @@ fn crc32(bytes: &[u8]) -> u32 {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn bad_input_gets_a_json_4xx_and_the_service_carries_on() {
     let (run, test) = trained_run();
     let server = Server::start(run, &["--max-body-bytes", "5000000", "--max-pixels", "40000000"]);
@@ -299,6 +302,7 @@ fn bad_input_gets_a_json_4xx_and_the_service_carries_on() {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn mutated_uploads_never_get_a_5xx() {
     let (run, test) = trained_run();
     let server = Server::start(run, &["--rate-limit", "0"]);
@@ -345,6 +349,7 @@ fn mutated_uploads_never_get_a_5xx() {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn rate_concurrency_and_time_limits_answer_429_and_503() {
     let (run, test) = trained_run();
     let (_, path) = &labelled_images(test, 1)[0];
@@ -365,7 +370,6 @@ fn rate_concurrency_and_time_limits_answer_429_and_503() {
     );
     // A slow upload holds the only place...
     let slow = server.begin_upload(&good, good.len() / 2);
-    std::thread::sleep(Duration::from_millis(300));
     // ...so another photo is turned away at once,
     let busy = server.post_image("/v1/identify", "image/jpeg", &good);
     busy.assert_error(503, "busy");
@@ -385,7 +389,7 @@ fn republish(model_dir: &Path, pretty: bool) -> String {
     } else {
         serde_json::to_vec(&value).unwrap()
     };
-    let sha = fruits_pca::sha256(&bytes);
+    let sha = fruits_common::sha256_hex(&bytes);
     std::fs::write(&file, &bytes).unwrap();
     let manifest_path = model_dir.join("bundle.json");
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
@@ -399,6 +403,7 @@ fn republish(model_dir: &Path, pretty: bool) -> String {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn reload_swaps_the_model_without_dropping_requests_in_flight() {
     let (run, test) = trained_run();
     let copy = tempfile::tempdir().unwrap();
@@ -423,7 +428,6 @@ fn reload_swaps_the_model_without_dropping_requests_in_flight() {
 
     // A request in flight (its upload half sent) when the model is swapped...
     let mut in_flight = server.begin_upload(&good, 100);
-    std::thread::sleep(Duration::from_millis(200));
     let second = republish(&model_dir, true);
     let swapped = reload(Some(ADMIN_TOKEN));
     assert_eq!(swapped.status, 200, "{}", swapped.text());
@@ -484,6 +488,7 @@ fn artifacts() -> PathBuf {
 }
 
 #[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn the_page_names_an_uploaded_fruit_on_a_phone_screen_in_both_languages() {
     let dir = browser_dir();
     assert!(

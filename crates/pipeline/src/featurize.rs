@@ -5,7 +5,7 @@
 //! Parquet manifest files under `OUTPUT/_temporary/JOB/`: one file is one task
 //! for the engine, which is where parallelism comes from. Executors read the
 //! image bytes and run the model; the client streams the results back and
-//! writes them, so that the output commit (see [`crate::output`]) is ours.
+//! writes them, so that the output commit (see `fruits-output`) is ours.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,12 +19,13 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionContext};
 use fruits_backbone::{Backbone, Manifest};
-use fruits_dataset::{list_images, ImageEntry, Location};
-use fruits_featurize::{features_type, StatsSnapshot, PROGRESS, STATS};
+use fruits_functions::featurize::{features_type, StatsSnapshot, PROGRESS, STATS};
+use fruits_output as output;
+use fruits_storage::{list_images, ImageEntry, Location, ObjectUri};
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::output::{self, PartWriter};
+use crate::job::JobContext;
 use crate::{Error, Progress};
 
 /// What to featurize and how.
@@ -49,7 +50,7 @@ pub struct FeaturizeJob {
 }
 
 /// The run summary: printed, and written as `_SUCCESS`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub job_id: String,
     pub input: String,
@@ -74,14 +75,14 @@ pub struct Summary {
     pub files: Files,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Stages {
     pub list: u64,
     pub featurize_and_write: u64,
     pub commit: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Files {
     pub features: Vec<String>,
     pub errors: Vec<String>,
@@ -93,102 +94,134 @@ pub async fn run(job: &FeaturizeJob, progress: &Arc<dyn Progress>) -> Result<Sum
         model_dir: job.model_dir.clone(),
         parallelism: job.parallelism,
     };
-    let ctx = match &job.cluster {
-        None => fruits_engine::in_process(&opts).await?,
-        Some(url) => fruits_engine::cluster::remote(url, &opts).await?,
-    };
+    let ctx = fruits_engine::session(&opts, job.cluster.as_deref()).await?;
     run_on(&ctx, job, progress).await
 }
 
 /// Runs the job on a given engine session (whose functions must be registered).
 pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn Progress>) -> Result<Summary, Error> {
     let started = Instant::now();
-    let backbone = Backbone::shared(&job.model_dir)?;
-    let manifest = backbone.manifest().clone();
-    let input_size = job.input_size.unwrap_or(manifest.input.size);
+    let model = ModelRef::of(job)?;
     let input = Location::parse(&job.input)?;
-    let out = Location::parse(&job.output)?;
-    let job_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    tracing::info!(job = %job_id, input = %input.uri(), output = %out.uri(), input_size, "featurize job");
-
-    output::begin(&out).await?;
-    let staging = out.child(&format!("_temporary/{job_id}"));
-    let staging_loc = Location::parse(&format!("{staging}/manifest/"))?;
-    let t_list = Instant::now();
-    let (listed, listed_bytes) = write_manifest(&input, &staging_loc, job, progress).await?;
-    if listed == 0 {
-        output::remove_prefix(&out, &staging).await;
-        return Err(Error::NoImages(input.uri()));
-    }
-    let list_ms = t_list.elapsed().as_millis() as u64;
-
-    let t_run = Instant::now();
-    let before = STATS.snapshot();
+    let cx = JobContext::begin(ctx, &job.output).await?;
+    tracing::info!(job = %cx.id, input = %input.uri(), output = %cx.out.uri(), input_size = model.input_size, "featurize job");
+    let staging = cx.scratch("_temporary");
+    let listing = list(&cx, &input, &staging, job, progress).await?;
     // In-process, the executor's counter drives the bar; a remote cluster's does not reach us.
     let quiet: Arc<dyn Progress> = Arc::new(crate::NoProgress);
-    let progress = if job.cluster.is_none() { progress } else { &quiet };
-    let result = featurize_and_write(
-        ctx,
-        &staging_loc,
-        &out,
-        &job_id,
-        input_size,
-        &manifest,
-        listed,
-        job.sorted,
-        progress,
-    )
-    .await;
-    let worker_ms = STATS.snapshot().since(&before);
-    output::remove_prefix(&out, &staging).await;
-    let Outcome {
-        features,
-        errors,
-        workers,
-    } = result?;
-    let featurize_ms = t_run.elapsed().as_millis() as u64;
+    let engine_progress = if job.cluster.is_none() { progress } else { &quiet };
+    let engine = featurize_and_write(&cx, &listing, &model, job.sorted, engine_progress).await;
+    output::remove_prefix(&cx.out, &staging).await;
+    finish(&cx, job, &input, model, listing, engine?, started).await
+}
 
+/// The backbone a job runs and the input side it feeds it.
+struct ModelRef {
+    manifest: Manifest,
+    input_size: u32,
+}
+
+impl ModelRef {
+    fn of(job: &FeaturizeJob) -> Result<Self, Error> {
+        let manifest = Backbone::shared(&job.model_dir)?.manifest().clone();
+        let input_size = job.input_size.unwrap_or(manifest.input.size);
+        Ok(Self { manifest, input_size })
+    }
+}
+
+/// The listing, written as manifest files: what the engine reads.
+struct Listing {
+    dir: Location,
+    images: usize,
+    /// Size of the listed objects: each is read exactly once by an executor.
+    bytes: u64,
+    ms: u64,
+}
+
+/// Lists the input into manifest files under the job's scratch folder
+/// (removed again when there is nothing to featurize).
+async fn list(
+    cx: &JobContext<'_>,
+    input: &Location,
+    staging: &ObjectUri,
+    job: &FeaturizeJob,
+    progress: &Arc<dyn Progress>,
+) -> Result<Listing, Error> {
+    let t = Instant::now();
+    let dir = Location::parse(&format!("{staging}/manifest/"))?;
+    let (images, bytes) = write_manifest(input, &dir, job, progress).await?;
+    if images == 0 {
+        output::remove_prefix(&cx.out, staging).await;
+        return Err(Error::NoImages(input.uri()));
+    }
+    Ok(Listing {
+        dir,
+        images,
+        bytes,
+        ms: t.elapsed().as_millis() as u64,
+    })
+}
+
+/// Checks that every listed image became a row, removes the files of earlier
+/// runs, and commits the summary.
+async fn finish(
+    cx: &JobContext<'_>,
+    job: &FeaturizeJob,
+    input: &Location,
+    model: ModelRef,
+    listing: Listing,
+    engine: Engine,
+    started: Instant,
+) -> Result<Summary, Error> {
     let t_commit = Instant::now();
-    if features.1 + errors.1 != listed {
+    let Engine { outcome, worker_ms, ms } = engine;
+    let written = outcome.features.1 + outcome.errors.1;
+    if written != listing.images {
         return Err(Error::Incomplete {
-            listed,
-            written: features.1 + errors.1,
+            listed: listing.images,
+            written,
         });
     }
-    output::remove_stale(&out, "features", &features.0).await?;
-    output::remove_stale(&out, "errors", &errors.0).await?;
     let wall = started.elapsed();
+    let files = Files {
+        features: outcome.features.0,
+        errors: outcome.errors.0,
+    };
     let mut summary = Summary {
-        job_id,
+        job_id: cx.id.clone(),
         input: input.uri(),
-        output: out.uri(),
+        output: cx.out.uri(),
         engine: job
             .cluster
             .as_ref()
             .map_or("ballista-standalone".into(), |url| format!("ballista-cluster {url}")),
-        objects_listed: listed,
-        featurized: features.1,
-        failed: errors.1,
-        bytes_read: listed_bytes,
+        objects_listed: listing.images,
+        featurized: outcome.features.1,
+        failed: outcome.errors.1,
+        bytes_read: listing.bytes,
         wall_ms: wall.as_millis() as u64,
-        images_per_s: listed as f64 / wall.as_secs_f64().max(1e-9),
+        images_per_s: listing.images as f64 / wall.as_secs_f64().max(1e-9),
         stages_ms: Stages {
-            list: list_ms,
-            featurize_and_write: featurize_ms,
+            list: listing.ms,
+            featurize_and_write: ms,
             commit: 0,
         },
         worker_ms,
-        executors_used: workers.into_iter().collect(),
-        input_size,
-        model: manifest,
-        files: Files {
-            features: features.0,
-            errors: errors.0,
-        },
+        executors_used: outcome.workers.into_iter().collect(),
+        input_size: model.input_size,
+        model: model.manifest,
+        files,
     };
+    let keep: Vec<String> = summary
+        .files
+        .features
+        .iter()
+        .chain(&summary.files.errors)
+        .cloned()
+        .collect();
+    cx.remove_stale(&["features", "errors"], &keep).await?;
     summary.stages_ms.commit = t_commit.elapsed().as_millis() as u64;
-    let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
-    output::commit(&out, &json).await?;
+    cx.commit(&summary).await?;
     Ok(summary)
 }
 
@@ -258,18 +291,20 @@ type Written = (Vec<String>, usize);
 /// Rows per partition of the output sort, at most (≈ 5 KiB each).
 const ROWS_PER_SORT_PARTITION: usize = 10_000;
 
-#[allow(clippy::too_many_arguments)]
+/// Featurizes the listing on the engine and writes `features/` and `errors/`.
 async fn featurize_and_write(
-    ctx: &SessionContext,
-    manifest_dir: &Location,
-    out: &Location,
-    job_id: &str,
-    input_size: u32,
-    manifest: &Manifest,
-    listed: usize,
+    cx: &JobContext<'_>,
+    listing: &Listing,
+    model: &ModelRef,
     sorted: bool,
     progress: &Arc<dyn Progress>,
-) -> Result<Outcome, Error> {
+) -> Result<Engine, Error> {
+    let t = Instant::now();
+    let before = STATS.snapshot();
+    let ctx = cx.ctx;
+    let listed = listing.images;
+    let manifest = &model.manifest;
+    let input_size = model.input_size;
     if sorted {
         // The sort's tasks hold one range partition each: enough partitions
         // keep those small (the final merge still reads them all, see `sorted`).
@@ -281,9 +316,9 @@ async fn featurize_and_write(
             .await?;
     }
     // A trailing slash makes the engine read the folder, not one file.
-    let folder = format!("{}/", manifest_dir.uri());
+    let folder = format!("{}/", listing.dir.uri());
     let table = ctx.read_parquet(folder, ParquetReadOptions::default()).await?;
-    let udf = ctx.udf(fruits_featurize::NAME)?;
+    let udf = ctx.udf(fruits_functions::featurize::NAME)?;
     let call = udf.call(vec![
         col("path"),
         lit(i64::from(input_size)),
@@ -298,8 +333,8 @@ async fn featurize_and_write(
         KeyValue::new("fruits.model_sha256".into(), manifest.onnx.sha256.clone()),
         KeyValue::new("fruits.input_size".into(), input_size.to_string()),
     ];
-    let mut features = PartWriter::new(out, "features", job_id, features_schema(), metadata.clone());
-    let mut errors = PartWriter::new(out, "errors", job_id, errors_schema(), metadata);
+    let mut features = cx.part_writer("features", features_schema(), metadata.clone());
+    let mut errors = cx.part_writer("errors", errors_schema(), metadata);
 
     let start = PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
     let ticker = progress_ticker(Arc::clone(progress), start, listed);
@@ -315,11 +350,23 @@ async fn featurize_and_write(
     }
     drop(ticker);
     progress.featurized(listed, listed);
-    Ok(Outcome {
+    let outcome = Outcome {
         features: features.finish().await?,
         errors: errors.finish().await?,
         workers,
+    };
+    Ok(Engine {
+        outcome,
+        worker_ms: STATS.snapshot().since(&before),
+        ms: t.elapsed().as_millis() as u64,
     })
+}
+
+/// The engine stage's outcome, its workers' time, and its wall time.
+struct Engine {
+    outcome: Outcome,
+    worker_ms: StatsSnapshot,
+    ms: u64,
 }
 
 /// What the engine run wrote, and which worker processes did it.
@@ -367,7 +414,7 @@ fn split(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch), Error> {
     // The struct marks failed rows null; the kept rows have none, so drop the mask.
     let dense = FixedSizeListArray::try_new(
         Arc::new(Field::new_list_field(DataType::Float32, true)),
-        fruits_featurize::FEATURES_DIM,
+        fruits_functions::featurize::FEATURES_DIM,
         kept.values().clone(),
         None,
     )?;

@@ -13,8 +13,8 @@ use fruits_classify::forest::{ForestOptions, RandomForest};
 use fruits_classify::logistic::{LogisticOptions, LogisticRegression};
 use fruits_classify::metrics::{calibrate, evaluate, top1_answers, Confidence, Evaluation, KEEP_CORRECT};
 use fruits_classify::{Classifier, Samples};
-use fruits_dataset::Location;
 use fruits_pca::{Keep, Moments, Pca};
+use fruits_storage::Location;
 use serde::Serialize;
 
 use crate::Error;
@@ -152,7 +152,7 @@ pub async fn read_featurized(ctx: &SessionContext, output: &Location) -> Result<
 /// Fits the PCA of the `features` column of a Parquet folder: partial
 /// moments on the executors, merged by the engine, decomposed here.
 pub async fn fit_pca(ctx: &SessionContext, folder: &str, keep: Keep) -> Result<Pca, Error> {
-    let moments_fn = ctx.udaf(fruits_pca::udaf::NAME)?;
+    let moments_fn = ctx.udaf(fruits_functions::pca_moments::NAME)?;
     let df = ctx
         .read_parquet(
             format!("{}/", folder.trim_end_matches('/')),
@@ -166,7 +166,7 @@ pub async fn fit_pca(ctx: &SessionContext, folder: &str, keep: Keep) -> Result<P
         .find(|b| b.num_rows() > 0)
         .map(|b| b.column(0).clone())
         .ok_or(Error::Column("pca_moments result"))?;
-    let moments: Moments = fruits_pca::udaf::from_array(column.as_ref())?;
+    let moments: Moments = fruits_functions::pca_moments::from_array(column.as_ref())?;
     let started = Instant::now();
     let pca = moments.fit(keep)?;
     tracing::info!(
@@ -233,10 +233,7 @@ pub fn score(classifier: &Classifier, rows: &Rows, classes: &[String]) -> Result
     let (y, x, _) = rows.indexed(classes);
     let proba = classifier.predict_proba(rows.dim, &x)?;
     let c = classes.len();
-    let predicted = proba
-        .chunks(c)
-        .map(|p| fruits_classify::metrics::top_k(p, 1)[0] as u32)
-        .collect();
+    let predicted = proba.chunks(c).map(|p| fruits_common::top_k(p, 1)[0] as u32).collect();
     Ok(Scored {
         name: classifier.name().into(),
         evaluation: evaluate(&y, &proba, c),
@@ -244,6 +241,55 @@ pub fn score(classifier: &Classifier, rows: &Rows, classes: &[String]) -> Result
         predicted,
         truth: y,
     })
+}
+
+/// Classifiers trained on reduced rows, with what they were trained on.
+pub struct Learned {
+    pub trained: Vec<Trained>,
+    pub rows: Rows,
+    /// The sorted training classes: the classifiers' output order.
+    pub classes: Vec<String>,
+}
+
+/// Trains both classifiers off the async runtime: CPU-bound work of seconds
+/// to minutes must not hold an engine or I/O thread.
+pub async fn train_off_runtime(rows: Rows, opts: LearnOptions) -> Result<Learned, Error> {
+    tokio::task::spawn_blocking(move || {
+        let classes = rows.classes();
+        train(&rows, &classes, &opts).map(|trained| Learned { trained, rows, classes })
+    })
+    .await
+    .map_err(|e| Error::Training(e.to_string()))?
+}
+
+/// What a bundle is made of besides its classifiers.
+pub struct BundleParts<'a> {
+    pub backbone: &'a fruits_backbone::Manifest,
+    pub input_size: u32,
+    pub pca: &'a Pca,
+    /// Per classifier, its calibrated "not sure" threshold (none from `train`).
+    pub confidence: Vec<(String, Confidence)>,
+}
+
+/// Builds the bundle of learned classifiers and writes it to `model_dir`
+/// (`bundle.json` last): the one way `run` and `train` save a model.
+pub async fn save_bundle(
+    model_dir: &Location,
+    learned: Learned,
+    parts: BundleParts<'_>,
+    opts: &LearnOptions,
+) -> Result<Bundle, Error> {
+    let mut bundle = Bundle::new(
+        learned.classes,
+        parts.backbone.clone(),
+        parts.input_size,
+        parts.pca.clone(),
+        learned.trained.into_iter().map(|t| t.classifier).collect(),
+        opts.default_classifier,
+    );
+    bundle.manifest.confidence = parts.confidence;
+    bundle.save(model_dir).await?;
+    Ok(bundle)
 }
 
 /// What `fruits train` did.
@@ -257,18 +303,14 @@ pub struct TrainSummary {
     pub bundle: String,
 }
 
-/// The backbone manifest and input size a featurize output was made with.
+/// The backbone manifest and input size a featurize output was made with,
+/// from its `_SUCCESS` (the featurize job's own [`Summary`](crate::Summary)).
 async fn featurized_with(features: &Location) -> Result<(fruits_backbone::Manifest, u32), Error> {
-    let marker = features.child(crate::output::SUCCESS);
-    let bytes = marker.read().await?;
-    let summary: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| Error::NotFeatures(format!("{marker}: {e}")))?;
-    let model = serde_json::from_value(summary["model"].clone())
-        .map_err(|e| Error::NotFeatures(format!("{marker} names no backbone model: {e}")))?;
-    let size = summary["input_size"]
-        .as_u64()
-        .ok_or_else(|| Error::NotFeatures(format!("{marker} has no input_size")))?;
-    Ok((model, size as u32))
+    let summary: crate::Summary = fruits_output::read_committed(features).await.map_err(|e| match e {
+        fruits_output::Error::Summary { uri, cause } => Error::NotFeatures(format!("{uri}: {cause}")),
+        other => other.into(),
+    })?;
+    Ok((summary.model, summary.input_size))
 }
 
 /// `fruits train`: PCA on the engine, classifiers here, the bundle written to
@@ -282,7 +324,7 @@ pub async fn train_bundle(
     let features = Location::parse(features)?;
     let out = Location::parse(output)?;
     let (backbone, input_size) = featurized_with(&features).await?;
-    crate::output::begin(&out).await?;
+    fruits_output::begin(&out).await?;
     let folder = format!("{}/features", features.uri());
     let t = Instant::now();
     let pca = fit_pca(ctx, &folder, opts.components).await?;
@@ -293,36 +335,31 @@ pub async fn train_bundle(
         x: pca.project(&rows.x)?,
         ..rows
     };
-    let classes = reduced.classes();
-    let opts = *opts;
-    let (trained, reduced, classes) =
-        tokio::task::spawn_blocking(move || train(&reduced, &classes, &opts).map(|t| (t, reduced, classes)))
-            .await
-            .map_err(|e| Error::Bench(format!("training failed: {e}")))??;
-    seconds.extend(trained.iter().map(|t| (t.classifier.name().to_string(), t.seconds)));
-    let bundle = Bundle::new(
-        classes.clone(),
-        backbone,
-        input_size,
-        pca.clone(),
-        trained.into_iter().map(|t| t.classifier).collect(),
-        opts.default_classifier,
+    let learned = train_off_runtime(reduced, *opts).await?;
+    seconds.extend(
+        learned
+            .trained
+            .iter()
+            .map(|t| (t.classifier.name().to_string(), t.seconds)),
     );
+    let (rows, classes) = (learned.rows.len(), learned.classes.len());
     let model_dir = Location::parse(&out.child("model").to_string())?;
-    bundle.save(&model_dir).await?;
+    let parts = BundleParts {
+        backbone: &backbone,
+        input_size,
+        pca: &pca,
+        confidence: Vec::new(),
+    };
+    save_bundle(&model_dir, learned, parts, opts).await?;
     let summary = TrainSummary {
-        rows: reduced.len(),
-        classes: classes.len(),
+        rows,
+        classes,
         k: pca.k,
         explained_variance: pca.explained_variance(),
         seconds,
         bundle: model_dir.uri(),
     };
-    crate::output::commit(
-        &out,
-        &serde_json::to_string_pretty(&summary).expect("summary serializes"),
-    )
-    .await?;
+    fruits_output::commit(&out, &summary).await?;
     Ok(summary)
 }
 
@@ -344,7 +381,7 @@ pub async fn evaluate_bundle(
 ) -> Result<EvaluateResult, Error> {
     let location = Location::parse(input)?;
     let opts = fruits_engine::EngineOptions::new(model_dir.to_path_buf());
-    let ctx = fruits_engine::in_process(&opts).await?;
+    let ctx = fruits_engine::session(&opts, None).await?;
     let scratch;
     let features = match featurized_with(&location).await {
         Ok((backbone, size)) => {
@@ -356,7 +393,7 @@ pub async fn evaluate_bundle(
             location
         }
         Err(_) => {
-            scratch = tempfile::tempdir().map_err(|e| Error::Bench(format!("no scratch folder: {e}")))?;
+            scratch = tempfile::tempdir().map_err(Error::Scratch)?;
             let job = crate::FeaturizeJob {
                 input: input.into(),
                 output: scratch.path().display().to_string(),

@@ -1,18 +1,21 @@
-//! The product's jobs, end to end, on the engine: today `featurize` (images →
-//! CNN features in Parquet); later the PCA and classifier stages.
+//! The product's jobs, end to end, on the engine: each chains the stages
+//! (ingest → featurize → reduce → store → learn) over one engine session.
 //!
 //! - [`featurize`]: list, featurize on the engine, write `features/` and `errors/`.
-//! - [`output`]: the output folder layout and its commit rule (`_SUCCESS` last).
-//! - [`bench`], [`bench_cluster`]: `fruits bench featurize` and `fruits bench cluster`.
+//! - [`run`]: both splits featurized, the PCA fitted and every row projected on
+//!   the engine, both classifiers trained and scored, bundle and report written.
+//! - [`learn`]: the stages `run`, `train`, `evaluate` and `validate` share.
+//! - [`validate`]: PCA size and classifier settings chosen on held-out index ranges.
 //!
-//! Jobs report progress through [`Progress`], so the binary decides how it shows.
+//! The layout of an output folder and its commit rule are `fruits-output`'s;
+//! which engine runs a job is `fruits_engine::session`'s choice. Jobs report
+//! progress through [`Progress`], so the binary decides how it shows.
+//!
+//! Must not depend on HTTP or the service: the service reads what jobs write.
 
-pub mod bench;
-pub mod bench_classify;
-pub mod bench_cluster;
 pub mod featurize;
+mod job;
 pub mod learn;
-pub mod output;
 pub mod run;
 pub mod validate;
 
@@ -21,11 +24,13 @@ pub use featurize::{FeaturizeJob, Summary};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Dataset(#[from] fruits_dataset::Error),
+    Storage(#[from] fruits_storage::Error),
     #[error(transparent)]
     Backbone(#[from] fruits_backbone::Error),
     #[error(transparent)]
     Engine(#[from] fruits_engine::Error),
+    #[error(transparent)]
+    Output(#[from] fruits_output::Error),
     /// Not a `source`: the raw engine error is long and nested, and people get
     /// the plain message below instead.
     #[error("engine: {}", engine_message(.0))]
@@ -38,8 +43,11 @@ pub enum Error {
     NoImages(String),
     #[error("{listed} images were listed but {written} rows were written: the result is not committed")]
     Incomplete { listed: usize, written: usize },
-    #[error("{0}")]
-    Bench(String),
+    /// The training thread died (a panic in a classifier): a bug, said plainly.
+    #[error("training failed: {0}")]
+    Training(String),
+    #[error("cannot make a scratch folder: {0}")]
+    Scratch(std::io::Error),
     #[error("not a featurize output: {0}")]
     NotFeatures(String),
     #[error("the data has no '{0}' column")]
@@ -62,11 +70,19 @@ impl From<datafusion::error::DataFusionError> for Error {
 /// are recognised; anything else is cut to its first line, 300 characters at most.
 fn engine_message(e: &datafusion::error::DataFusionError) -> String {
     let full = e.to_string();
-    if let Some(plain) = fruits_dataset::classify(&full, false) {
+    // Only the message of an executor's failure reaches the client.
+    let plain = match fruits_storage::Fault::recognise(&full) {
+        Some(fruits_storage::Fault::NotFound) => Some("an object it needed was not found".to_string()),
+        fault => fault.and_then(|f| f.plain()),
+    };
+    if let Some(plain) = plain {
         return format!("the job failed: storage: {plain}");
     }
+    if full.contains("fetch partition") {
+        return "the job failed: an executor that held results could not be reached (it stopped or was lost)".into();
+    }
     let line = full.lines().next().unwrap_or_default();
-    fruits_dataset::redact(&line.chars().take(300).collect::<String>())
+    fruits_storage::redact(&line.chars().take(300).collect::<String>())
 }
 
 /// Where a job reports how far it is.

@@ -20,16 +20,16 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionContext};
-use fruits_bundle::Bundle;
 use fruits_classify::metrics::{Confidence, Evaluation};
-use fruits_dataset::{Location, ObjectUri};
+use fruits_output as output;
 use fruits_pca::Pca;
+use fruits_storage::{Location, ObjectUri};
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::featurize::{run_on, FeaturizeJob, Summary};
-use crate::learn::{fit_pca, score, train, LearnOptions, Rows, Scored};
-use crate::output::{self, PartWriter};
+use crate::job::JobContext;
+use crate::learn::{fit_pca, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows, Scored};
 use crate::{Error, Progress};
 
 /// What `fruits run` does.
@@ -121,116 +121,127 @@ pub async fn run(job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummar
         model_dir: job.featurize.model_dir.clone(),
         parallelism: job.featurize.parallelism,
     };
-    let ctx = match &job.featurize.cluster {
-        None => fruits_engine::in_process(&opts).await?,
-        Some(url) => fruits_engine::cluster::remote(url, &opts).await?,
-    };
+    let ctx = fruits_engine::session(&opts, job.featurize.cluster.as_deref()).await?;
     run_with(&ctx, job, progress).await
 }
 
 async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummary, Error> {
     let started = Instant::now();
-    let out = Location::parse(&job.output)?;
-    let job_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    output::begin(&out).await?;
-    let work = |split: &str| out.child(&format!("_work/{job_id}/{split}")).to_string();
+    let cx = JobContext::begin(ctx, &job.output).await?;
     let mut stages = Stages::default();
+    let featurized = featurize_splits(&cx, job, &mut stages, progress).await?;
+
+    stages.start("fit PCA", progress);
+    let pca = fit_pca(ctx, &format!("{}/features", work(&cx, "train")), job.learn.components).await?;
+    let model_dir = Location::parse(&cx.out.child("model").to_string())?;
+    let pca_file = fruits_bundle::put(&model_dir, "pca.json", pca.to_json()).await?;
+    let pca_model = PcaModel {
+        pca: &pca,
+        uri: model_dir.child("pca.json"),
+        sha256: pca_file.sha256,
+    };
+
+    stages.start("project and write", progress);
+    let projected = project_and_write(&cx, &pca_model, job.featurize.sorted).await?;
+    let errors = write_errors(&cx).await?;
+
+    stages.start("train", progress);
+    let learned = train_off_runtime(projected.train, job.learn).await?;
+
+    stages.start("evaluate", progress);
+    let scored: Vec<(Scored, f64)> = learned
+        .trained
+        .iter()
+        .map(|t| score(&t.classifier, &projected.test, &learned.classes).map(|s| (s, t.seconds)))
+        .collect::<Result<_, _>>()?;
+
+    stages.start("write model and report", progress);
+    let backbone = &featurized["train"];
+    let metrics = metrics(&learned, &projected.test, &pca, &scored, job.learn.default_classifier);
+    let parts = BundleParts {
+        backbone: &backbone.model,
+        input_size: backbone.input_size,
+        pca: &pca,
+        confidence: scored.iter().map(|(s, _)| (s.name.clone(), s.confidence)).collect(),
+    };
+    save_bundle(&model_dir, learned, parts, &job.learn).await?;
+    write_report(&cx, &metrics, &pca, &scored, &projected.test, &mut stages).await?;
+
+    let files: Vec<String> = projected.files.into_iter().chain(errors).collect();
+    cx.remove_stale(&["features", "errors"], &files).await?;
+    // Every run's scratch, including what a crashed earlier run left.
+    output::remove_prefix(&cx.out, &cx.out.child("_work")).await;
+    let summary = RunSummary {
+        job_id: cx.id.clone(),
+        output: cx.out.uri(),
+        engine: backbone.engine.clone(),
+        metrics,
+        stages: stages.0,
+        wall_s: started.elapsed().as_secs_f64(),
+        featurize: featurized,
+        files,
+    };
+    cx.commit(&summary).await?;
+    Ok(summary)
+}
+
+/// Where a split is featurized: `OUTPUT/_work/JOB/SPLIT`.
+fn work(cx: &JobContext<'_>, split: &str) -> String {
+    cx.scratch("_work").to_string() + "/" + split
+}
+
+/// Featurizes both splits into the job's scratch, on the job's engine session.
+async fn featurize_splits(
+    cx: &JobContext<'_>,
+    job: &RunJob,
+    stages: &mut Stages,
+    progress: &Arc<dyn Progress>,
+) -> Result<BTreeMap<String, Summary>, Error> {
     let mut featurized = BTreeMap::new();
     for (split, input) in [("train", &job.train), ("test", &job.test)] {
         stages.start(&format!("featurize {split}"), progress);
         let fj = FeaturizeJob {
             input: input.clone(),
-            output: work(split),
+            output: work(cx, split),
             ..job.featurize.clone()
         };
-        featurized.insert(split.to_string(), run_on(ctx, &fj, progress).await?);
+        featurized.insert(split.to_string(), run_on(cx.ctx, &fj, progress).await?);
     }
+    Ok(featurized)
+}
 
-    stages.start("fit PCA", progress);
-    let pca = fit_pca(ctx, &format!("{}/features", work("train")), job.learn.components).await?;
-    let model_dir = Location::parse(&out.child("model").to_string())?;
-    let pca_json = pca.to_json();
-    let pca_ref = fruits_bundle::put(&model_dir, "pca.json", pca_json).await?;
-
-    stages.start("project and write", progress);
-    let (features, train_rows, test_rows) = project_and_write(
-        ctx,
-        &out,
-        &job_id,
-        &work,
-        &pca,
-        &model_dir.child("pca.json"),
-        &pca_ref.sha256,
-        job.featurize.sorted,
-    )
-    .await?;
-    let errors = write_errors(ctx, &out, &job_id, &work).await?;
-
-    stages.start("train", progress);
-    let classes = train_rows.classes();
-    let learn = job.learn;
-    let (trained, train_rows, test_rows, classes) = tokio::task::spawn_blocking(move || {
-        train(&train_rows, &classes, &learn).map(|t| (t, train_rows, test_rows, classes))
-    })
-    .await
-    .map_err(|e| Error::Bench(format!("training failed: {e}")))??;
-
-    stages.start("evaluate", progress);
-    let scored: Vec<(Scored, f64)> = trained
-        .iter()
-        .map(|t| score(&t.classifier, &test_rows, &classes).map(|s| (s, t.seconds)))
-        .collect::<Result<_, _>>()?;
-    let (_, _, unknown) = test_rows.indexed(&classes);
-
-    stages.start("write model and report", progress);
-    let featurize_summary = &featurized["train"];
-    let mut bundle = Bundle::new(
-        classes.clone(),
-        featurize_summary.model.clone(),
-        featurize_summary.input_size,
-        pca.clone(),
-        trained.into_iter().map(|t| t.classifier).collect(),
-        job.learn.default_classifier,
-    );
-    bundle.manifest.confidence = scored.iter().map(|(s, _)| (s.name.clone(), s.confidence)).collect();
-    bundle.save(&model_dir).await?;
-    let metrics = metrics(
-        &classes,
-        &train_rows,
-        &test_rows,
-        unknown.len(),
-        &pca,
-        &scored,
-        job.learn.default_classifier,
-    );
-    let report_dir = Location::parse(&out.child("report").to_string())?;
-    fruits_bundle::put(
-        &report_dir,
-        "metrics.json",
-        serde_json::to_vec_pretty(&metrics).expect("metrics serialize"),
-    )
-    .await?;
+/// `report/metrics.json` and `report/index.html`; stops the stopwatch, so
+/// that the report shows every stage.
+async fn write_report(
+    cx: &JobContext<'_>,
+    metrics: &Metrics,
+    pca: &Pca,
+    scored: &[(Scored, f64)],
+    test: &Rows,
+    stages: &mut Stages,
+) -> Result<(), Error> {
+    let report_dir = Location::parse(&cx.out.child("report").to_string())?;
+    let json = serde_json::to_vec_pretty(metrics).expect("metrics serialize");
+    fruits_bundle::put(&report_dir, "metrics.json", json).await?;
     stages.stop();
-    let html = report_html(&metrics, &pca, &scored, &test_rows, &stages.0).await;
+    let html = report_html(metrics, pca, scored, test, &stages.0).await;
     fruits_bundle::put(&report_dir, "index.html", html.into_bytes()).await?;
+    Ok(())
+}
 
-    output::remove_stale(&out, "features", &features).await?;
-    output::remove_stale(&out, "errors", &errors).await?;
-    // Every run's scratch, including what a crashed earlier run left.
-    output::remove_prefix(&out, &out.child("_work")).await;
-    let summary = RunSummary {
-        job_id,
-        output: out.uri(),
-        engine: featurize_summary.engine.clone(),
-        metrics,
-        stages: stages.0,
-        wall_s: started.elapsed().as_secs_f64(),
-        featurize: featurized,
-        files: features.into_iter().chain(errors).collect(),
-    };
-    let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
-    output::commit(&out, &json).await?;
-    Ok(summary)
+/// The fitted PCA as the engine's `pca_project` reads it: its file and sha256.
+struct PcaModel<'a> {
+    pca: &'a Pca,
+    uri: ObjectUri,
+    sha256: String,
+}
+
+/// What projecting both splits wrote and kept.
+struct Projected {
+    files: Vec<String>,
+    /// Reduced rows of each split, sorted by path.
+    train: Rows,
+    test: Rows,
 }
 
 fn features_schema(k: usize) -> SchemaRef {
@@ -238,31 +249,21 @@ fn features_schema(k: usize) -> SchemaRef {
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, false),
         Field::new("split", DataType::Utf8, false),
-        Field::new("features", fruits_featurize::features_type(), false),
-        Field::new("pca", fruits_pca::udf::pca_type(k), false),
+        Field::new("features", fruits_functions::featurize::features_type(), false),
+        Field::new("pca", fruits_functions::pca_project::pca_type(k), false),
     ]))
 }
 
-/// Projects both splits on the engine and writes `features/`; returns the
-/// files written and the reduced rows of each split, sorted by path.
-#[allow(clippy::too_many_arguments)]
-async fn project_and_write(
-    ctx: &SessionContext,
-    out: &Location,
-    job_id: &str,
-    work: &dyn Fn(&str) -> String,
-    pca: &Pca,
-    pca_uri: &ObjectUri,
-    pca_sha: &str,
-    sorted: bool,
-) -> Result<(Vec<String>, Rows, Rows), Error> {
-    let project = ctx.udf(fruits_pca::udf::NAME)?;
+/// Projects both splits on the engine and writes `features/`.
+async fn project_and_write(cx: &JobContext<'_>, model: &PcaModel<'_>, sorted: bool) -> Result<Projected, Error> {
+    let (ctx, pca) = (cx.ctx, model.pca);
+    let project = ctx.udf(fruits_functions::pca_project::NAME)?;
     let schema = features_schema(pca.k);
     let metadata = vec![
-        datafusion::parquet::file::metadata::KeyValue::new("fruits.pca_sha256".into(), pca_sha.to_string()),
+        datafusion::parquet::file::metadata::KeyValue::new("fruits.pca_sha256".into(), model.sha256.clone()),
         datafusion::parquet::file::metadata::KeyValue::new("fruits.pca_k".into(), pca.k.to_string()),
     ];
-    let mut writer = PartWriter::new(out, "features", job_id, schema.clone(), metadata);
+    let mut writer = cx.part_writer("features", schema.clone(), metadata);
     let mut rows = [Rows::default(), Rows::default()];
     // One query per split (a UNION sorted on the split constant trips
     // Ballista 55's adaptive planner), train first; sorted by path when the
@@ -271,11 +272,11 @@ async fn project_and_write(
         let call = project.call(vec![
             col("features"),
             lit(pca.k as i64),
-            lit(pca_uri.to_string()),
-            lit(pca_sha.to_string()),
+            lit(model.uri.to_string()),
+            lit(model.sha256.clone()),
         ]);
         let df = ctx
-            .read_parquet(format!("{}/features/", work(split)), ParquetReadOptions::default())
+            .read_parquet(format!("{}/features/", work(cx, split)), ParquetReadOptions::default())
             .await?
             .select(vec![
                 col("path"),
@@ -301,7 +302,7 @@ async fn project_and_write(
     train.sort_by_path();
     test.sort_by_path();
     let (files, _) = writer.finish().await?;
-    Ok((files, train, test))
+    Ok(Projected { files, train, test })
 }
 
 /// Casts a batch's columns to a schema's types (the engine may hand back
@@ -317,21 +318,17 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Error
 }
 
 /// Gathers both splits' `errors/` into `OUTPUT/errors/` with a `split` column.
-async fn write_errors(
-    ctx: &SessionContext,
-    out: &Location,
-    job_id: &str,
-    work: &dyn Fn(&str) -> String,
-) -> Result<Vec<String>, Error> {
+async fn write_errors(cx: &JobContext<'_>) -> Result<Vec<String>, Error> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("split", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, false),
     ]));
-    let mut writer = PartWriter::new(out, "errors", job_id, schema.clone(), Vec::new());
+    let mut writer = cx.part_writer("errors", schema.clone(), Vec::new());
     for split in ["train", "test"] {
-        let df = ctx
-            .read_parquet(format!("{}/errors/", work(split)), ParquetReadOptions::default())
+        let df = cx
+            .ctx
+            .read_parquet(format!("{}/errors/", work(cx, split)), ParquetReadOptions::default())
             .await?
             .select(vec![col("path"), lit(split).alias("split"), col("error")])?
             .sort(vec![col("path").sort(true, false)])?;
@@ -342,15 +339,9 @@ async fn write_errors(
     Ok(writer.finish().await?.0)
 }
 
-fn metrics(
-    classes: &[String],
-    train: &Rows,
-    test: &Rows,
-    unknown: usize,
-    pca: &Pca,
-    scored: &[(Scored, f64)],
-    default_classifier: &str,
-) -> Metrics {
+fn metrics(learned: &Learned, test: &Rows, pca: &Pca, scored: &[(Scored, f64)], default_classifier: &str) -> Metrics {
+    let classes = &learned.classes;
+    let (_, _, unknown) = test.indexed(classes);
     let classifiers = scored
         .iter()
         .map(|(s, seconds)| {
@@ -364,9 +355,9 @@ fn metrics(
         .collect();
     Metrics {
         classes: classes.len(),
-        train_rows: train.len(),
+        train_rows: learned.rows.len(),
         test_rows: test.len(),
-        test_rows_unknown_class: unknown,
+        test_rows_unknown_class: unknown.len(),
         pca: PcaMetrics {
             k: pca.k,
             explained_variance: pca.explained_variance(),

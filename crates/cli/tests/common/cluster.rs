@@ -1,8 +1,15 @@
 //! A real Ballista cluster for tests: `fruits scheduler` and `fruits executor`
 //! processes on 127.0.0.1, killed when dropped.
+//!
+//! Tests wait on what the processes say, never on the clock: each executor's
+//! log (Ballista's own info lines) is read as it comes, so a test can wait
+//! until an executor has registered or has finished a task, on a machine of
+//! any speed.
 
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::fruits;
@@ -18,10 +25,74 @@ impl Drop for Proc {
     }
 }
 
+/// What an executor has said so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Events {
+    pub registered: bool,
+    pub tasks_started: usize,
+    pub tasks_finished: usize,
+}
+
+/// An executor process and the events read from its log.
+pub struct Executor {
+    pub proc: Proc,
+    events: Arc<(Mutex<Events>, Condvar)>,
+}
+
+impl Executor {
+    /// Waits (up to a minute) until `done` holds for this executor's events.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Events) -> bool) {
+        let (lock, changed) = &*self.events;
+        let events = lock.lock().unwrap();
+        let (events, timeout) = changed
+            .wait_timeout_while(events, Duration::from_secs(60), |e| !done(e))
+            .unwrap();
+        assert!(!timeout.timed_out(), "executor never {what}: {:?}", *events);
+    }
+
+    pub fn events(&self) -> Events {
+        *self.events.0.lock().unwrap()
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the process: its tasks wait, and
+    /// so does whatever the scheduler assigned it.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.proc.0.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+}
+
+/// Reads an executor's log lines into its events until the process ends.
+fn watch(stderr: std::process::ChildStderr) -> Arc<(Mutex<Events>, Condvar)> {
+    let events = Arc::new((Mutex::new(Events::default()), Condvar::new()));
+    let shared = events.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let (lock, changed) = &*shared;
+            let mut e = lock.lock().unwrap();
+            if line.contains("Executor registration succeed") {
+                e.registered = true;
+            } else if line.contains("Execute task") {
+                e.tasks_started += 1;
+            } else if line.contains("Finished task") {
+                e.tasks_finished += 1;
+            } else {
+                continue;
+            }
+            changed.notify_all();
+        }
+    });
+    events
+}
+
 pub struct Cluster {
     pub port: u16,
     pub scheduler: Proc,
-    pub executors: Vec<Proc>,
+    pub executors: Vec<Executor>,
 }
 
 /// A port whose successor is free too (an executor takes both).
@@ -68,14 +139,13 @@ impl Cluster {
         for _ in 0..executors {
             cluster.add_executor(slots);
         }
-        // Registration happens right after the executor starts listening.
-        std::thread::sleep(Duration::from_millis(1500));
         cluster
     }
 
-    pub fn add_executor(&mut self, slots: usize) {
+    /// Starts an executor and returns once the scheduler has registered it.
+    pub fn add_executor(&mut self, slots: usize) -> &Executor {
         let listen = free_pair();
-        let child = fruits()
+        let mut child = fruits()
             .args(["executor", "--scheduler", &format!("127.0.0.1:{}", self.port)])
             .args([
                 "--listen",
@@ -83,11 +153,20 @@ impl Cluster {
                 "--slots",
                 &slots.to_string(),
             ])
+            // Ballista's executor says when it has registered and finished a task.
+            .env("FRUITS_LOG", "warn,ballista_executor::executor_server=info")
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        self.executors.push(Proc(child));
-        wait_listening(listen);
+        let events = watch(child.stderr.take().unwrap());
+        self.executors.push(Executor {
+            proc: Proc(child),
+            events,
+        });
+        let executor = self.executors.last().unwrap();
+        executor.wait_for("registered", |e| e.registered);
+        executor
     }
 
     pub fn url(&self) -> String {

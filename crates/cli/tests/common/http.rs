@@ -78,7 +78,10 @@ impl Server {
 
     /// A JPEG upload to `/v1/identify` of which only the first `sent` bytes
     /// have gone out: a request in flight, to finish with `write_all`.
+    /// Sends the head and the first `sent` bytes of an upload, and returns
+    /// once the service counts the photo in progress.
     pub fn begin_upload(&self, jpeg: &[u8], sent: usize) -> TcpStream {
+        let before = self.photos_in_progress();
         let mut stream = self.connect();
         write_head(
             &mut stream,
@@ -88,7 +91,22 @@ impl Server {
             Some(jpeg.len()),
         );
         stream.write_all(&jpeg[..sent]).unwrap();
+        let start = Instant::now();
+        while self.photos_in_progress() <= before {
+            assert!(start.elapsed() < Duration::from_secs(30), "the upload never began");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         stream
+    }
+
+    /// The `fruits_identify_in_flight` gauge of `/metrics`.
+    pub fn photos_in_progress(&self) -> i64 {
+        let metrics = self.get("/metrics").text();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("fruits_identify_in_flight "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("/metrics has fruits_identify_in_flight")
     }
 
     /// Polls `/readyz` until `done` holds for its JSON.

@@ -52,7 +52,7 @@ pub fn class_images(class: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(training().join(class))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| fruits_dataset::is_image_name(p.file_name().unwrap().to_str().unwrap()))
+        .filter(|p| fruits_storage::is_image_name(p.file_name().unwrap().to_str().unwrap()))
         .collect();
     files.sort();
     files

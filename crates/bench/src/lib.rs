@@ -1,0 +1,43 @@
+//! The benchmarks behind `fruits bench *`: each measures one part of the
+//! product and, in the same run, a reference to compare it with.
+//!
+//! - [`featurize`]: where the time of one image goes (decode, resize,
+//!   normalise, inference, the whole job) against a bare ONNX Runtime loop;
+//! - [`cluster`]: the featurize job on local clusters of 1, 2, … executor
+//!   processes: images/s, speed-up, executor peak memory;
+//! - [`classify`]: training and prediction time of both classifiers;
+//! - [`serve`]: a load test of the running service against direct calls;
+//! - [`scene`]: phone-like photos composed from studio shots, for the service
+//!   benchmark and the service's tests;
+//! - [`process`]: CPU time and peak memory of processes, read from `/proc`.
+//!
+//! Benchmarks measure; tests assert. Nothing of the product depends on this
+//! crate: it sits beside the binary, which only calls it.
+
+pub mod classify;
+pub mod cluster;
+pub mod featurize;
+pub mod process;
+pub mod scene;
+pub mod serve;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Pipeline(#[from] fruits_pipeline::Error),
+    #[error(transparent)]
+    Serve(#[from] fruits_serve::Error),
+    #[error(transparent)]
+    Storage(#[from] fruits_storage::Error),
+    #[error(transparent)]
+    Backbone(#[from] fruits_backbone::Error),
+    #[error(transparent)]
+    Classify(#[from] fruits_classify::Error),
+    #[error(transparent)]
+    Pca(#[from] fruits_pca::Error),
+    #[error("no images (*.jpg, *.jpeg, *.png) found under {0}")]
+    NoImages(String),
+    /// The benchmark could not set itself up (inputs, processes, reference runtime).
+    #[error("{0}")]
+    Setup(String),
+}

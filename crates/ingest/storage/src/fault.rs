@@ -1,0 +1,178 @@
+//! What went wrong with a store, by kind: the few cases a person can act on,
+//! and whether retrying can help.
+
+use std::error::Error as StdError;
+
+use object_store::client::{HttpError, HttpErrorKind};
+
+/// The kind of a storage failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The object is not there (deleted after listing, or never there).
+    NotFound,
+    /// The bucket is not there.
+    NoBucket,
+    /// The credentials or the bucket policy refuse us.
+    AccessDenied,
+    /// The endpoint does not answer; `refused` when nothing listens there.
+    Unreachable { refused: bool },
+    /// Anything else: a server error, a malformed answer, a local I/O error.
+    Other,
+}
+
+impl Fault {
+    /// The kind of a store error, from its variant, S3's error code in the
+    /// response, and the typed HTTP and I/O errors that caused it.
+    pub fn of(e: &object_store::Error) -> Self {
+        use object_store::Error as E;
+        let code = s3_code(&chain_text(e));
+        match (e, code.as_deref()) {
+            (_, Some("NoSuchBucket")) => Self::NoBucket,
+            (E::NotFound { .. }, _) => Self::NotFound,
+            (E::PermissionDenied { .. } | E::Unauthenticated { .. }, _) => Self::AccessDenied,
+            (_, Some(code)) if is_denial(code) => Self::AccessDenied,
+            _ => unreachable_in(e).unwrap_or(Self::Other),
+        }
+    }
+
+    /// The kind of a storage failure known only by its text: an error that
+    /// an executor relayed through the engine, where nothing but the message
+    /// crosses the process boundary. Reads S3's error codes and the words the
+    /// HTTP client and the OS use; `None` when it is not a storage failure.
+    pub fn recognise(text: &str) -> Option<Self> {
+        let has = |needle: &str| text.contains(needle);
+        // The engine's own transport (a client or an executor fetching
+        // results from another executor) fails with the same socket words.
+        if has("fetch partition") || has("Grpc") {
+            return None;
+        }
+        let code = s3_code(text);
+        Some(if has("NoSuchBucket") {
+            Self::NoBucket
+        } else if code.as_deref().is_some_and(is_denial) || has("403 Forbidden") || has("AccessDenied") {
+            Self::AccessDenied
+        } else if has("Connection refused") || has("tcp connect error") || has("dns error") || has("timed out") {
+            Self::Unreachable {
+                refused: has("Connection refused"),
+            }
+        } else if has("NotFound {") {
+            Self::NotFound
+        } else {
+            return None;
+        })
+    }
+
+    /// Whether retrying cannot help.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, Self::NotFound | Self::NoBucket | Self::AccessDenied)
+    }
+
+    /// In plain words, for people; `None` for [`Fault::Other`], whose own
+    /// message is the best there is.
+    pub fn plain(self) -> Option<String> {
+        Some(match self {
+            Self::NotFound => "not found".into(),
+            Self::NoBucket => "the bucket does not exist".into(),
+            Self::AccessDenied => "access denied: check the credentials and the bucket policy".into(),
+            Self::Unreachable { refused } => format!(
+                "cannot reach the storage endpoint ({}; check AWS_ENDPOINT_URL / the endpoint setting)",
+                if refused { "connection refused" } else { "no answer" }
+            ),
+            Self::Other => return None,
+        })
+    }
+}
+
+/// S3 error codes that mean "not with these credentials".
+fn is_denial(code: &str) -> bool {
+    matches!(code, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")
+}
+
+/// The `<Code>` of an S3 error response carried in the error's message.
+fn s3_code(text: &str) -> Option<String> {
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    Some(text[start..start + len].to_string())
+}
+
+/// The error's message and its causes', joined.
+fn chain_text(e: &object_store::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = StdError::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// An endpoint that did not answer, from the typed causes of `e`.
+fn unreachable_in(e: &object_store::Error) -> Option<Fault> {
+    let mut unreachable = false;
+    let mut refused = false;
+    let mut cause: Option<&(dyn StdError + 'static)> = StdError::source(e);
+    while let Some(c) = cause {
+        if let Some(http) = c.downcast_ref::<HttpError>() {
+            unreachable |= matches!(http.kind(), HttpErrorKind::Connect | HttpErrorKind::Timeout);
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cause = c.source();
+    }
+    unreachable.then_some(Fault::Unreachable { refused })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_found(body: &str) -> object_store::Error {
+        object_store::Error::NotFound {
+            path: "b/k".into(),
+            source: body.to_string().into(),
+        }
+    }
+
+    #[test]
+    fn kinds_come_from_variants_and_s3_codes() {
+        assert_eq!(Fault::of(&not_found("404")), Fault::NotFound);
+        let no_bucket = not_found("404 Not Found: <Error><Code>NoSuchBucket</Code></Error>");
+        assert_eq!(Fault::of(&no_bucket), Fault::NoBucket);
+        let denied = object_store::Error::PermissionDenied {
+            path: "b/k".into(),
+            source: "403".into(),
+        };
+        assert_eq!(Fault::of(&denied), Fault::AccessDenied);
+        let generic = object_store::Error::Generic {
+            store: "S3",
+            source: "400 Bad Request: <Error><Code>InvalidAccessKeyId</Code></Error>".into(),
+        };
+        assert_eq!(Fault::of(&generic), Fault::AccessDenied);
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "500 Internal Server Error".into(),
+        };
+        assert_eq!(Fault::of(&other), Fault::Other);
+        assert!(Fault::NoBucket.is_permanent() && !Fault::Unreachable { refused: true }.is_permanent());
+    }
+
+    #[test]
+    fn relayed_text_is_recognised() {
+        assert_eq!(
+            Fault::recognise("External error: Generic S3 error: tcp connect error: Connection refused (os error 111)"),
+            Some(Fault::Unreachable { refused: true })
+        );
+        assert_eq!(
+            Fault::recognise("... <Code>NoSuchBucket</Code> ..."),
+            Some(Fault::NoBucket)
+        );
+        assert_eq!(Fault::recognise("Arrow error: schema mismatch"), None);
+        let lost_executor = "Shuffle fetch partition error from Executor 7f3a, map_stage 1, map_partition 0, \
+             error desc: Status { code: Unavailable, message: \"tcp connect error\" }: Connection refused";
+        assert_eq!(Fault::recognise(lost_executor), None, "an executor is not a store");
+        assert_eq!(Fault::NotFound.plain().as_deref(), Some("not found"));
+        assert_eq!(Fault::Other.plain(), None);
+    }
+}

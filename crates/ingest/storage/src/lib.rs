@@ -1,0 +1,315 @@
+//! Storage: where the images and the results are, and how to reach them.
+//!
+//! The image lake and every job output are read and written through
+//! `object_store`, local files included (`file://`), so that S3 is
+//! configuration, not code. Supported: local paths, `file://` and `s3://`
+//! (any S3-protocol server).
+//!
+//! - [`ObjectUri`]: one object, written `scheme://authority/path` (local files are
+//!   `file:///abs/path`). This string is what the `path` column holds, and what an
+//!   executor reads bytes from.
+//! - [`Location`]: a folder or prefix to list or write under, from a URI or a
+//!   plain path.
+//! - [`list_images`]: a paginated, streaming listing of the image files below a
+//!   location, each labelled with its parent folder's name (the Fruits-360 layout
+//!   `<root>/<split>/<class>/<image>.jpg`): the ingest stage.
+//! - [`store_for`]: one store per `scheme://authority`, S3 configured the AWS
+//!   way (environment, config file, credential chain), with retries.
+//! - [`Fault`]: what went wrong, by kind, in plain words; [`redact`] scrubs
+//!   secrets from any text meant for people.
+//!
+//! Must not depend on an engine, a model or an image decoder: it moves bytes.
+
+mod fault;
+mod store;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use url::Url;
+
+pub use fault::Fault;
+pub use store::{redact, retry_config, store_for};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("'{0}' is not a valid location: {1}")]
+    InvalidUri(String, String),
+    #[error("unsupported storage scheme '{0}' (use a path, file:// or s3://)")]
+    UnsupportedScheme(String),
+    #[error("storage configuration: {0}")]
+    Config(String),
+    #[error("{uri}: {}", store::describe(cause))]
+    Store { uri: String, cause: object_store::Error },
+}
+
+impl Error {
+    /// True when retrying cannot help: missing object or bucket, no
+    /// permission, a bad URI or configuration.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Store { cause, .. } => Fault::of(cause).is_permanent(),
+            _ => true,
+        }
+    }
+
+    /// True when the object does not exist (vanished, or never there).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::Store {
+                cause: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// The image file extensions we list, compared case-insensitively.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+
+pub fn is_image_name(name: &str) -> bool {
+    name.rsplit_once('.')
+        .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+}
+
+/// A folder or prefix in a store.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// `scheme://authority`, e.g. `file://` or `s3://bucket`.
+    pub root: String,
+    pub prefix: Path,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl Location {
+    /// Parses a URI (`s3://bucket/prefix`, `file:///dir`) or a local path
+    /// (relative paths are made absolute; the folder need not exist yet).
+    pub fn parse(uri: &str) -> Result<Self, Error> {
+        let url = to_url(uri)?;
+        let root = root_of(&url);
+        let prefix = Path::from_url_path(url.path()).map_err(|e| Error::InvalidUri(uri.into(), e.to_string()))?;
+        let store = store_for(&url)?;
+        Ok(Self { root, prefix, store })
+    }
+
+    /// The URI of `relative` (slash-separated) below this location.
+    pub fn child(&self, relative: &str) -> ObjectUri {
+        let mut path = self.prefix.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            path = path.join(part);
+        }
+        ObjectUri {
+            root: self.root.clone(),
+            path,
+        }
+    }
+
+    /// This location written as a URI.
+    pub fn uri(&self) -> String {
+        ObjectUri {
+            root: self.root.clone(),
+            path: self.prefix.clone(),
+        }
+        .to_string()
+    }
+}
+
+/// One object: store root plus path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectUri {
+    pub root: String,
+    pub path: Path,
+}
+
+impl std::fmt::Display for ObjectUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.root, self.path)
+    }
+}
+
+impl ObjectUri {
+    /// Parses what [`Display`](std::fmt::Display) wrote.
+    pub fn parse(uri: &str) -> Result<Self, Error> {
+        let (scheme, rest) = uri
+            .split_once("://")
+            .ok_or_else(|| Error::InvalidUri(uri.into(), "no scheme".into()))?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let path = Path::parse(path).map_err(|e| Error::InvalidUri(uri.into(), e.to_string()))?;
+        Ok(Self {
+            root: format!("{scheme}://{authority}"),
+            path,
+        })
+    }
+
+    /// A command-line argument: a URI, or a local path (made absolute).
+    pub fn from_arg(arg: &str) -> Result<Self, Error> {
+        if arg.contains("://") {
+            return Self::parse(arg);
+        }
+        let abs = absolute(arg)?;
+        let path = Path::from_absolute_path(&abs).map_err(|e| Error::InvalidUri(arg.into(), e.to_string()))?;
+        Ok(Self {
+            root: "file://".into(),
+            path,
+        })
+    }
+
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>, Error> {
+        store_for(&to_url(&format!("{}/", self.root))?)
+    }
+
+    /// Reads the whole object.
+    pub async fn read(&self) -> Result<Bytes, Error> {
+        let store = self.store()?;
+        let get = store.get(&self.path).await.map_err(|e| self.err(e))?;
+        get.bytes().await.map_err(|e| self.err(e))
+    }
+
+    pub fn err(&self, source: object_store::Error) -> Error {
+        Error::Store {
+            uri: self.to_string(),
+            cause: source,
+        }
+    }
+
+    /// Name of the folder holding the object: the class label.
+    pub fn parent_name(&self) -> Option<String> {
+        let parts: Vec<_> = self.path.parts().collect();
+        (parts.len() >= 2).then(|| parts[parts.len() - 2].as_ref().to_string())
+    }
+}
+
+/// One listed image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageEntry {
+    pub uri: ObjectUri,
+    pub label: String,
+    pub size: u64,
+}
+
+/// Streams every image below `location`, page by page as the store lists them.
+pub fn list_images(location: &Location) -> BoxStream<'static, Result<ImageEntry, Error>> {
+    let root = location.root.clone();
+    let prefix = location.prefix.clone();
+    let store = location.store.clone();
+    let listing = futures::stream::once(async move { store.list(Some(&prefix)) }).flatten();
+    listing
+        .filter_map(move |item| {
+            let root = root.clone();
+            async move {
+                let meta = match item {
+                    Ok(meta) => meta,
+                    Err(e) => return Some(Err(Error::Store { uri: root, cause: e })),
+                };
+                let name = meta.location.filename().unwrap_or("");
+                if !is_image_name(name) {
+                    return None;
+                }
+                let uri = ObjectUri {
+                    root,
+                    path: meta.location,
+                };
+                let label = uri.parent_name()?;
+                Some(Ok(ImageEntry {
+                    uri,
+                    label,
+                    size: meta.size,
+                }))
+            }
+        })
+        .boxed()
+}
+
+fn to_url(uri: &str) -> Result<Url, Error> {
+    if uri.contains("://") {
+        return Url::parse(uri).map_err(|e| Error::InvalidUri(uri.into(), e.to_string()));
+    }
+    let path = absolute(uri)?;
+    Url::from_directory_path(&path).map_err(|_| Error::InvalidUri(uri.into(), "not an absolute path".into()))
+}
+
+/// Absolute, with `.` and `..` resolved lexically (symbolic links are kept, so
+/// paths stay the ones the user gave).
+fn absolute(path: &str) -> Result<std::path::PathBuf, Error> {
+    use std::path::Component;
+    let abs = std::path::absolute(path).map_err(|e| Error::InvalidUri(path.into(), e.to_string()))?;
+    let mut out = std::path::PathBuf::new();
+    for part in abs.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+fn root_of(url: &Url) -> String {
+    format!("{}://{}", url.scheme(), url.authority())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    #[test]
+    fn image_names_are_matched_case_insensitively() {
+        assert!(is_image_name("a.JPG") && is_image_name("b.jpeg") && is_image_name("c.Png"));
+        assert!(!is_image_name("notes.txt") && !is_image_name("jpg") && !is_image_name("x.webp.bak"));
+    }
+
+    #[test]
+    fn object_uris_round_trip_with_spaces() {
+        let uri = ObjectUri::parse("file:///data/Training/Apple Braeburn 1/0_100.jpg").unwrap();
+        assert_eq!(uri.root, "file://");
+        assert_eq!(uri.parent_name().as_deref(), Some("Apple Braeburn 1"));
+        assert_eq!(uri.to_string(), "file:///data/Training/Apple Braeburn 1/0_100.jpg");
+        let s3 = ObjectUri::parse("s3://bucket/a/b/c.png").unwrap();
+        assert_eq!((s3.root.as_str(), s3.path.as_ref()), ("s3://bucket", "a/b/c.png"));
+    }
+
+    #[test]
+    fn relative_paths_are_made_absolute_and_normalised() {
+        let uri = ObjectUri::from_arg("a/../b/./c.jpg").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(uri.to_string(), format!("file://{}/b/c.jpg", cwd.display()));
+    }
+
+    #[tokio::test]
+    async fn listing_finds_images_recursively_with_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        for (folder, file) in [
+            ("Banana 1", "1.jpg"),
+            ("Banana 1", "2.JPEG"),
+            ("Lemon 1", "x.png"),
+            ("Lemon 1", "notes.txt"),
+        ] {
+            std::fs::create_dir_all(dir.path().join("Training").join(folder)).unwrap();
+            std::fs::write(dir.path().join("Training").join(folder).join(file), b"x").unwrap();
+        }
+        let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let mut found: Vec<(String, String)> = list_images(&location)
+            .map_ok(|e| (e.label, e.uri.path.filename().unwrap().to_string()))
+            .try_collect()
+            .await
+            .unwrap();
+        found.sort();
+        let expected = [("Banana 1", "1.jpg"), ("Banana 1", "2.JPEG"), ("Lemon 1", "x.png")];
+        assert_eq!(found, expected.map(|(a, b)| (a.to_string(), b.to_string())));
+        let one = location.child("Training/Banana 1/1.jpg");
+        assert_eq!(one.read().await.unwrap().as_ref(), b"x");
+        assert!(location
+            .child("Training/none.jpg")
+            .read()
+            .await
+            .unwrap_err()
+            .is_not_found());
+    }
+}

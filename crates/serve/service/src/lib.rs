@@ -1,0 +1,202 @@
+//! The consumer service: an HTTP API and a mobile web page that name the
+//! fruit in a photo and tell what to know about it.
+//!
+//! - [`api`]: routes, the upload path, the OpenAPI document;
+//! - [`error`]: every failure as `{"error", "code"}`; domain errors become HTTP here only;
+//! - [`answer`]: the JSON types of the answers (the wire format);
+//! - [`identify`]: one photo to ranked fruits, several views of large photos, regions
+//!   (knows nothing of HTTP);
+//! - `views`: where the model looks in a photo (pixel geometry);
+//! - [`model`]: the model bundle and its hot reload;
+//! - [`limits`]: body, pixel, time, concurrency and per-client rate limits;
+//! - [`metrics`]: Prometheus counters;
+//!
+//! Must not depend on an engine (DataFusion, Ballista) nor on the pipeline:
+//! a photo is one batch through the same preprocessing and backbone as the
+//! jobs, loaded from a model bundle.
+//!
+//! Photos live in memory for the time of their request only: they are never
+//! written anywhere, and logs carry routes, statuses and timings, never bodies
+//! or file names.
+
+pub mod answer;
+pub mod api;
+pub mod error;
+pub mod identify;
+pub mod limits;
+pub mod metrics;
+pub mod model;
+mod views;
+
+#[cfg(test)]
+mod fuzz;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use fruits_catalog::Catalog;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use limits::Limits;
+pub use model::{Model, ModelSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the model: {0}")]
+    Model(#[from] fruits_bundle::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the server stopped: {0}")]
+    Serve(std::io::Error),
+}
+
+/// How to run the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    /// Bearer token of `POST /v1/admin/reload`; the endpoint is off without one.
+    pub admin_token: Option<String>,
+}
+
+/// What every request shares.
+pub struct AppState {
+    pub model: model::ModelSlot,
+    pub source: ModelSource,
+    pub catalog: &'static Catalog,
+    pub limits: Limits,
+    pub rate: limits::RateLimiter,
+    pub in_flight: Semaphore,
+    pub workers: Arc<Semaphore>,
+    pub metrics: metrics::Metrics,
+    pub admin_token: Option<String>,
+    pub draining: AtomicBool,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    pub fn new(model: Model, source: ModelSource, config: &Config) -> Self {
+        let limits = config.limits;
+        Self {
+            model: model::ModelSlot::new(model),
+            source,
+            catalog: Catalog::embedded(),
+            limits,
+            rate: limits::RateLimiter::new(limits.rate_per_second, limits.burst),
+            in_flight: Semaphore::new(limits.in_flight.max(1)),
+            workers: Arc::new(Semaphore::new(limits.workers.max(1))),
+            metrics: metrics::Metrics::default(),
+            admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+            draining: AtomicBool::new(false),
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Loads the bundle again and swaps it in; on failure the old model stays.
+    pub async fn reload(&self) -> Result<String, String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        match Model::load(&self.source).await {
+            Ok(model) => {
+                let id = model.id.clone();
+                self.model.replace(model);
+                self.metrics.reload(true);
+                tracing::info!(model = id, "model reloaded");
+                Ok(id)
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::warn!("model reload failed, the previous model keeps answering: {e}");
+                Err(format!("the previous model keeps answering: {e}"))
+            }
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish, and waits.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.state.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Loads the model and starts serving in the background.
+pub async fn start(config: Config, source: ModelSource) -> Result<Running, Error> {
+    let model = Model::load(&source).await?;
+    tracing::info!(
+        model = model.id,
+        classes = model.classes(),
+        threshold = model.threshold,
+        threshold_source = model.threshold_source,
+        "model loaded"
+    );
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    let state = Arc::new(AppState::new(model, source, &config));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(Error::Serve)
+    });
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+/// `fruits serve`: serves until SIGTERM or Ctrl-C, finishing the requests in
+/// flight, and reloads the model on SIGHUP.
+pub async fn serve(config: Config, source: ModelSource) -> Result<(), Error> {
+    let running = start(config, source).await?;
+    tracing::info!("listening on http://{}", running.addr);
+    let state = running.state.clone();
+    let reloader = tokio::spawn(async move {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the model");
+            let _ = state.reload().await;
+        }
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing the requests in flight");
+    reloader.abort();
+    running.stop().await
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+}

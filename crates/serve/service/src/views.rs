@@ -1,0 +1,100 @@
+//! Where the model looks in a photo: the whole picture, and for large photos
+//! a grid of overlapping square views, so that a fruit off-centre or one of
+//! several fruits fills a view the way a Fruits-360 fruit fills its frame.
+//! Pixel geometry only: no model, no wire format beyond the box it reports.
+
+use image::RgbImage;
+
+use crate::answer::BoundingBox;
+
+/// Side of a grid view, as a share of the photo's shorter side.
+const GRID_SIDE: f32 = 0.6;
+/// Distance between grid views, as a share of their side.
+const GRID_STEP: f32 = 0.75;
+
+/// A square view in decoded-image pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct View {
+    pub x: u32,
+    pub y: u32,
+    pub side: u32,
+}
+
+/// The whole photo, then a grid for photos of at least twice `size` (its
+/// original shorter side `original_shorter`).
+pub fn plan(width: u32, height: u32, original_shorter: u32, size: u32, regions: bool) -> Vec<Option<View>> {
+    let mut views = vec![None];
+    if !regions || original_shorter < 2 * size {
+        return views;
+    }
+    let side = (width.min(height) as f32 * GRID_SIDE).round() as u32;
+    let step = side as f32 * GRID_STEP;
+    for y in positions(height, side, step) {
+        for x in positions(width, side, step) {
+            views.push(Some(View { x, y, side }));
+        }
+    }
+    views
+}
+
+/// Evenly spread starts of `side`-long windows covering `0..length`, at most `step` apart.
+fn positions(length: u32, side: u32, step: f32) -> Vec<u32> {
+    let room = length.saturating_sub(side);
+    let n = (room as f32 / step).ceil() as u32 + 1;
+    (0..n).map(|i| if n == 1 { 0 } else { room * i / (n - 1) }).collect()
+}
+
+pub fn crop(image: &RgbImage, view: Option<View>) -> RgbImage {
+    match view {
+        None => image.clone(),
+        Some(v) => image::imageops::crop_imm(image, v.x, v.y, v.side, v.side).to_image(),
+    }
+}
+
+pub fn union(a: BoundingBox, b: BoundingBox) -> BoundingBox {
+    let x = a.x.min(b.x);
+    let y = a.y.min(b.y);
+    BoundingBox {
+        x,
+        y,
+        width: (a.x + a.width).max(b.x + b.width) - x,
+        height: (a.y + a.height).max(b.y + b.height) - y,
+    }
+}
+
+impl View {
+    /// This view as shares of a `w × h` photo.
+    pub fn bounds(&self, (w, h): (u32, u32)) -> BoundingBox {
+        BoundingBox {
+            x: self.x as f32 / w as f32,
+            y: self.y as f32 / h as f32,
+            width: self.side as f32 / w as f32,
+            height: self.side as f32 / h as f32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_images_get_one_view_and_phone_photos_a_grid() {
+        assert_eq!(plan(100, 100, 100, 224, true), vec![None]);
+        let views = plan(1008, 756, 3024, 224, true);
+        // 4:3 landscape: three columns, two rows, plus the whole photo.
+        assert_eq!(views.len(), 7);
+        let side = (756.0f32 * GRID_SIDE).round() as u32;
+        for v in views.iter().flatten() {
+            assert_eq!(v.side, side);
+            assert!(v.x + v.side <= 1008 && v.y + v.side <= 756, "{v:?} inside");
+        }
+        let last = views.last().unwrap().unwrap();
+        assert_eq!(
+            (last.x + last.side, last.y + last.side),
+            (1008, 756),
+            "the grid reaches the far corner"
+        );
+        assert_eq!(plan(1008, 756, 3024, 224, false).len(), 1);
+    }
+}

@@ -1,0 +1,144 @@
+//! The commit rule and part files on an in-memory store: no disk, no engine.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int32Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+fn memory() -> Location {
+    Location {
+        root: "memory://".into(),
+        prefix: Path::from("out"),
+        store: Arc::new(InMemory::new()),
+    }
+}
+
+fn batch(rows: i32) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
+    RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from_iter_values(0..rows))]).unwrap()
+}
+
+async fn names(out: &Location) -> Vec<String> {
+    let mut listed: Vec<String> = out
+        .store
+        .list(Some(&out.prefix))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    listed.sort();
+    listed
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Summary {
+    job_id: String,
+    files: Vec<String>,
+}
+
+#[tokio::test]
+async fn a_rerun_replaces_the_files_and_success_is_written_last() {
+    let out = memory();
+    // An earlier run, committed.
+    let mut first = PartWriter::new(&out, "features", "job1", batch(1).schema(), vec![]);
+    first.write(&batch(10)).await.unwrap();
+    let (old_files, _) = first.finish().await.unwrap();
+    commit(
+        &out,
+        &Summary {
+            job_id: "job1".into(),
+            files: old_files.clone(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // The rerun: _SUCCESS goes first, so a crash from here on leaves no result.
+    begin(&out).await.unwrap();
+    assert!(read_committed::<Summary>(&out)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("_SUCCESS"));
+    let mut second = PartWriter::new(&out, "features", "job2", batch(1).schema(), vec![]);
+    second.write(&batch(5)).await.unwrap();
+    let (new_files, rows) = second.finish().await.unwrap();
+    assert_eq!(rows, 5);
+    // Until the stale files go, both runs' files are there, and no _SUCCESS.
+    assert_eq!(names(&out).await.len(), 2);
+    let removed = remove_stale(&out, "features", &new_files).await.unwrap();
+    assert_eq!(removed, 1);
+    let summary = Summary {
+        job_id: "job2".into(),
+        files: new_files.clone(),
+    };
+    commit(&out, &summary).await.unwrap();
+
+    assert_eq!(
+        names(&out).await,
+        vec![
+            "out/_SUCCESS".to_string(),
+            "out/features/part-job2-00000.parquet".to_string()
+        ]
+    );
+    assert_eq!(read_committed::<Summary>(&out).await.unwrap(), summary);
+    assert!(!new_files.iter().any(|f| old_files.contains(f)));
+}
+
+#[tokio::test]
+async fn part_files_roll_over_at_the_row_limit() {
+    let out = memory();
+    let mut writer = PartWriter::new(&out, "features", "job", batch(1).schema(), vec![]).with_rows_per_file(10);
+    for _ in 0..5 {
+        writer.write(&batch(4)).await.unwrap();
+    }
+    writer.write(&batch(0)).await.unwrap();
+    let (files, rows) = writer.finish().await.unwrap();
+    assert_eq!(rows, 20);
+    // A file is closed once it holds at least 10 rows: 12 + 8.
+    assert_eq!(
+        files,
+        vec![
+            "memory:///out/features/part-job-00000.parquet".to_string(),
+            "memory:///out/features/part-job-00001.parquet".to_string()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_empty_dataset_still_gets_one_file_for_its_schema() {
+    let out = memory();
+    let writer = PartWriter::new(&out, "errors", "job", batch(1).schema(), vec![]);
+    let (files, rows) = writer.finish().await.unwrap();
+    assert_eq!((files.len(), rows), (1, 0));
+    assert_eq!(names(&out).await, vec!["out/errors/part-job-00000.parquet".to_string()]);
+}
+
+#[tokio::test]
+async fn a_success_of_another_shape_is_a_clear_error() {
+    let out = memory();
+    commit(&out, &serde_json::json!({"rows": 3})).await.unwrap();
+    let err = read_committed::<Summary>(&out).await.unwrap_err().to_string();
+    assert!(err.contains("is not the summary expected here"), "{err}");
+    begin(&out).await.unwrap();
+    begin(&out).await.unwrap(); // nothing to delete is fine
+}
+
+#[tokio::test]
+async fn remove_prefix_clears_scratch_only() {
+    let out = memory();
+    put(&out.store, &out.child("_temporary/a/manifest/1"), b"x".to_vec())
+        .await
+        .unwrap();
+    put(&out.store, &out.child("_temporary/a/manifest/2"), b"x".to_vec())
+        .await
+        .unwrap();
+    put(&out.store, &out.child("keep/this"), b"x".to_vec()).await.unwrap();
+    remove_prefix(&out, &out.child("_temporary/a")).await;
+    assert_eq!(names(&out).await, vec!["out/keep/this".to_string()]);
+}
