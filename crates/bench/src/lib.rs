@@ -7,6 +7,7 @@
 //!   processes: images/s, speed-up, executor peak memory;
 //! - [`classify`]: training and prediction time of both classifiers;
 //! - [`serve`]: a load test of the running service against direct calls;
+//! - [`photos`]: kind accuracy, confidence and latency on real photos;
 //! - [`scene`]: phone-like photos composed from studio shots, for the service
 //!   benchmark and the service's tests;
 //! - [`process`]: CPU time and peak memory of processes, read from `/proc`.
@@ -17,6 +18,7 @@
 pub mod classify;
 pub mod cluster;
 pub mod featurize;
+pub mod photos;
 pub mod process;
 pub mod scene;
 pub mod serve;

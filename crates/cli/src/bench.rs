@@ -77,6 +77,29 @@ pub enum BenchCommand {
     },
     /// Load test of `fruits serve` on 127.0.0.1: req/s and p50/p99 latency for studio shots and 12 MP photos.
     Serve(ServeBenchArgs),
+    /// How well a model names the kind of fruit in real photos (`DIR/<kind>/<photo>`): top-1/top-3, confident, latency.
+    Photos(PhotosBenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PhotosBenchArgs {
+    /// The model: a bundle folder or a `fruits run` output.
+    #[arg(long, default_value = "out/run")]
+    model: String,
+    /// Real photos in folders named by catalogue kind (`apple/`, `banana/`, …).
+    #[arg(long, default_value = "../shared/real-photos/grocery-store/val")]
+    input: PathBuf,
+    /// At most this many photos, spread over the kinds.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// "Not sure" below this top-1 probability [default: the bundle's calibrated threshold]
+    #[arg(long)]
+    min_confidence: Option<f32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backbone: ModelDirArg,
 }
 
 #[derive(clap::Args)]
@@ -163,7 +186,50 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             cluster(opts, json).await
         }
         BenchCommand::Serve(args) => serve(args).await,
+        BenchCommand::Photos(args) => photos(args).await,
     }
+}
+
+async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {
+    let source = fruits_serve::ModelSource {
+        uri: args.model.clone(),
+        backbone_dir: args.backbone.resolve(),
+        min_confidence: args.min_confidence,
+    };
+    let opts = fruits_bench::photos::PhotosBenchOptions {
+        input: args.input.clone(),
+        limit: args.limit,
+    };
+    let r = fruits_bench::photos::run(source, &opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "photos benchmark: {} on {} ({} photos, {} refused), one at a time through identify",
+        args.model,
+        args.input.display(),
+        r.photos,
+        r.refused
+    );
+    println!(
+        "kind top-1 {:.1} %, top-3 {:.1} %; confident {:.1} %, right when confident {:.1} %; p50 {:.1} ms, p99 {:.1} ms",
+        100.0 * r.top1,
+        100.0 * r.top3,
+        100.0 * r.confident,
+        100.0 * r.right_when_confident,
+        r.p50_ms,
+        r.p99_ms
+    );
+    println!("{:<18} {:>6} {:>7}", "kind", "photos", "recall");
+    for k in &r.per_kind {
+        println!("{:<18} {:>6} {:>6.1}%", k.kind, k.photos, 100.0 * k.recall);
+    }
+    println!("most confused (true → answered):");
+    for c in &r.confused {
+        println!("  {} → {}: {}", c.truth, c.answered, c.photos);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {

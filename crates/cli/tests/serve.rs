@@ -381,6 +381,69 @@ fn rate_concurrency_and_time_limits_answer_429_and_503() {
 
 /// Rewrites the bundle's logistic regression file with other formatting (the
 /// same model, another sha256) and updates `bundle.json`: a new model id.
+/// `../shared/real-photos/grocery-store/val` beside the checkout.
+fn real_photos() -> PathBuf {
+    let dir = common::training().join("../../real-photos/grocery-store/val");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the tests read the shared real photos",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
+fn bench_photos_scores_kinds_on_real_photos_and_refuses_unknown_folders() {
+    let (run, _) = trained_run();
+    let tmp = tempfile::tempdir().unwrap();
+    // Two kinds of real grocery-store photos, linked, not copied.
+    let mut count = 0;
+    for kind in ["apple", "banana"] {
+        std::fs::create_dir_all(tmp.path().join(kind)).unwrap();
+        for photo in std::fs::read_dir(real_photos().join(kind)).unwrap().take(3) {
+            let photo = photo.unwrap().path();
+            std::os::unix::fs::symlink(&photo, tmp.path().join(kind).join(photo.file_name().unwrap())).unwrap();
+            count += 1;
+        }
+    }
+    let out = common::run_ok(
+        common::fruits()
+            .args(["bench", "photos", "--json", "--model"])
+            .arg(run)
+            .arg("--input")
+            .arg(tmp.path()),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["photos"], count);
+    assert_eq!(report["refused"], 0);
+    for key in ["top1", "top3", "confident", "right_when_confident"] {
+        let v = report[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    assert!(report["top3"].as_f64() >= report["top1"].as_f64());
+    assert!(report["p99_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
+    let kinds: Vec<&str> = report["per_kind"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["apple", "banana"]);
+
+    std::fs::create_dir_all(tmp.path().join("Banana 1")).unwrap();
+    let bad = common::fruits()
+        .args(["bench", "photos", "--model"])
+        .arg(run)
+        .arg("--input")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("'Banana 1' is not a kind of the catalogue"), "{stderr}");
+}
+
 fn republish(model_dir: &Path, pretty: bool) -> String {
     let file = model_dir.join("logistic_regression.json");
     let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();

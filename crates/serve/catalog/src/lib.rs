@@ -74,6 +74,9 @@ pub struct Fruit {
     pub label: String,
     pub name_en: String,
     pub name_fr: String,
+    /// The kind's id (`apple`, `bell_pepper_ripe`): what real-photo folders
+    /// are named after, and the coarser answer a photo can always get.
+    pub kind: String,
     /// The species or crop in general ("Apple", "Pomme").
     pub kind_en: String,
     pub kind_fr: String,
@@ -171,6 +174,7 @@ impl Catalog {
                 label: label.clone(),
                 name_en: class.en.clone(),
                 name_fr: class.fr.clone(),
+                kind: class.kind.clone(),
                 kind_en: kind.en.clone(),
                 kind_fr: kind.fr.clone(),
                 latin: kind.latin.clone(),
@@ -194,6 +198,11 @@ impl Catalog {
             .cloned()
             .collect();
         Ok(Self { fruits, unused_kinds })
+    }
+
+    /// Whether `id` is a kind some class belongs to.
+    pub fn is_kind(&self, id: &str) -> bool {
+        self.fruits.values().any(|f| f.kind == id)
     }
 
     pub fn get(&self, label: &str) -> Option<&Fruit> {

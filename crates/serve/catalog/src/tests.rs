@@ -2,15 +2,19 @@ use std::path::Path;
 
 use super::*;
 
-/// The class folders of the shared Fruits-360 sample.
-fn shared_classes() -> Vec<String> {
-    let root = std::env::var_os("FRUITS_DATA")
+/// `../shared/fruits-360` beside the checkout (or `$FRUITS_DATA`).
+fn shared_root() -> std::path::PathBuf {
+    std::env::var_os("FRUITS_DATA")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()))
                 .join("../../../../shared/fruits-360")
-        });
-    let dir = root.join("Training");
+        })
+}
+
+/// The class folders of the shared Fruits-360 sample.
+fn shared_classes() -> Vec<String> {
+    let dir = shared_root().join("Training");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -115,4 +119,25 @@ fn languages_come_from_the_query_or_accept_language() {
     assert_eq!(Lang::parse("de"), None);
     assert_eq!(Lang::from_accept_language("de-DE,fr-CA;q=0.8,en;q=0.5"), Some(Lang::Fr));
     assert_eq!(Lang::from_accept_language("de"), None);
+}
+
+#[test]
+fn every_class_knows_its_kind_id_and_the_real_photo_kinds_exist() {
+    let catalog = Catalog::embedded();
+    assert_eq!(catalog.get("Apple Braeburn 1").unwrap().kind, "apple");
+    assert_eq!(
+        catalog.get("Pepper Red 1").map(|f| f.kind.as_str()),
+        Some("bell_pepper_ripe")
+    );
+    // The kind folders of the shared real photos are catalogue kinds.
+    let photos = shared_root().join("../real-photos/grocery-store/train");
+    let folders: Vec<String> = std::fs::read_dir(&photos)
+        .unwrap_or_else(|e| panic!("{}: {e}", photos.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(folders.len() >= 25, "{} kind folders", folders.len());
+    for name in folders {
+        assert!(catalog.is_kind(&name), "{name} is not a catalogue kind");
+    }
+    assert!(!catalog.is_kind("Apple Braeburn 1"), "a class is not a kind");
 }

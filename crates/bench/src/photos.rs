@@ -1,0 +1,258 @@
+//! `fruits bench photos`: how well a model names the **kind** of fruit in
+//! real photos (`DIR/<kind>/<photo>`, folders named by catalogue kind ids,
+//! e.g. `../shared/real-photos/grocery-store/val`), one photo at a time
+//! through the service's own `identify`, as the app would answer.
+//!
+//! A kind's probability is the sum of its classes' probabilities (a Fruits-360
+//! class is a variety of one kind). Reported: top-1 and top-3 kind accuracy,
+//! per-kind recall, the most confused pairs, the share of answers marked
+//! confident and how often those are right, and the latency of one photo.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use fruits_catalog::{Catalog, Lang};
+use fruits_serve::identify::{identify, Ask, IdentifyError};
+use fruits_serve::{Limits, Model, ModelSource};
+use serde::Serialize;
+
+use crate::Error;
+
+#[derive(Debug, Clone)]
+pub struct PhotosBenchOptions {
+    /// `DIR/<kind>/<photo>`.
+    pub input: PathBuf,
+    /// At most this many photos (spread over the kinds); all when `None`.
+    pub limit: Option<usize>,
+}
+
+/// One kind's share of right answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindRecall {
+    pub kind: String,
+    pub photos: usize,
+    pub recall: f64,
+}
+
+/// A true kind answered as another, and how often.
+#[derive(Debug, Clone, Serialize)]
+pub struct Confusion {
+    pub truth: String,
+    pub answered: String,
+    pub photos: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhotosReport {
+    pub photos: usize,
+    /// Photos the service refused (not decodable): counted as wrong.
+    pub refused: usize,
+    pub top1: f64,
+    pub top3: f64,
+    /// Share of answers marked confident.
+    pub confident: f64,
+    /// Share of the confident answers whose kind is right.
+    pub right_when_confident: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub per_kind: Vec<KindRecall>,
+    /// The most frequent wrong answers, most frequent first (10 at most).
+    pub confused: Vec<Confusion>,
+}
+
+/// One photo's outcome.
+struct Answer {
+    truth: String,
+    /// Kinds, most probable first (empty when refused).
+    ranked: Vec<String>,
+    confident: bool,
+    ms: f64,
+}
+
+pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<PhotosReport, Error> {
+    let catalog = Catalog::embedded();
+    let photos = list_kind_photos(&opts.input, catalog, opts.limit)?;
+    let model = Model::load(&source).await.map_err(fruits_serve::Error::Model)?;
+    let answers = tokio::task::spawn_blocking(move || {
+        photos
+            .iter()
+            .map(|(kind, path)| answer(&model, catalog, kind, path))
+            .collect::<Result<Vec<_>, Error>>()
+    })
+    .await
+    .map_err(|e| Error::Setup(format!("the benchmark thread died: {e}")))??;
+    Ok(report(&answers))
+}
+
+/// Every photo under `dir/<kind>/`, kinds checked against the catalogue
+/// before any work; sorted, then spread over the list when limited.
+fn list_kind_photos(dir: &Path, catalog: &Catalog, limit: Option<usize>) -> Result<Vec<(String, PathBuf)>, Error> {
+    let io = |e: std::io::Error| Error::Setup(format!("{}: {e}", dir.display()));
+    let mut photos = Vec::new();
+    for folder in std::fs::read_dir(dir).map_err(io)? {
+        let folder = folder.map_err(io)?.path();
+        if !folder.is_dir() {
+            continue;
+        }
+        let kind = folder
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !catalog.is_kind(&kind) {
+            return Err(Error::Setup(format!(
+                "{}: '{kind}' is not a kind of the catalogue (folders must be kind ids such as apple, banana, bell_pepper_ripe)",
+                folder.display()
+            )));
+        }
+        for photo in std::fs::read_dir(&folder).map_err(io)? {
+            photos.push((kind.clone(), photo.map_err(io)?.path()));
+        }
+    }
+    photos.sort();
+    if photos.is_empty() {
+        return Err(Error::Setup(format!("{}: no <kind>/<photo> files", dir.display())));
+    }
+    if let Some(n) = limit.filter(|&n| n < photos.len()) {
+        let step = photos.len() as f64 / n as f64;
+        photos = (0..n).map(|i| photos[(i as f64 * step) as usize].clone()).collect();
+    }
+    Ok(photos)
+}
+
+fn answer(model: &Model, catalog: &Catalog, truth: &str, path: &Path) -> Result<Answer, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
+    let ask = Ask {
+        lang: Lang::En,
+        // Every class, so that each kind gets all of its varieties' probability.
+        top: model.classes(),
+        regions: true,
+        max_pixels: Limits::default().pixels,
+    };
+    let start = Instant::now();
+    let result = identify(model, catalog, &bytes, &ask);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let (ranked, confident) = match result {
+        Ok(answer) => {
+            let mut kinds: BTreeMap<String, f32> = BTreeMap::new();
+            for p in &answer.predictions {
+                let kind = catalog.get(&p.label).map_or(p.label.clone(), |f| f.kind.clone());
+                *kinds.entry(kind).or_default() += p.probability;
+            }
+            let mut ranked: Vec<(String, f32)> = kinds.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            (ranked.into_iter().map(|(k, _)| k).collect(), answer.confident)
+        }
+        Err(IdentifyError::Photo(_)) => (Vec::new(), false),
+        Err(e @ IdentifyError::Model(_)) => return Err(Error::Setup(e.to_string())),
+    };
+    Ok(Answer {
+        truth: truth.to_string(),
+        ranked,
+        confident,
+        ms,
+    })
+}
+
+fn report(answers: &[Answer]) -> PhotosReport {
+    let n = answers.len().max(1) as f64;
+    let right_at = |a: &Answer, k: usize| a.ranked.iter().take(k).any(|r| *r == a.truth);
+    let confident: Vec<&Answer> = answers.iter().filter(|a| a.confident).collect();
+    let mut per_kind: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut confused: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for a in answers {
+        let entry = per_kind.entry(&a.truth).or_default();
+        entry.0 += 1;
+        match a.ranked.first() {
+            Some(top) if *top == a.truth => entry.1 += 1,
+            Some(top) => *confused.entry((&a.truth, top)).or_default() += 1,
+            None => {}
+        }
+    }
+    let mut confused: Vec<Confusion> = confused
+        .into_iter()
+        .map(|((truth, answered), photos)| Confusion {
+            truth: truth.into(),
+            answered: answered.into(),
+            photos,
+        })
+        .collect();
+    confused.sort_by(|a, b| b.photos.cmp(&a.photos).then(a.truth.cmp(&b.truth)));
+    confused.truncate(10);
+    let mut ms: Vec<f64> = answers.iter().map(|a| a.ms).collect();
+    ms.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        ms.get(((ms.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    PhotosReport {
+        photos: answers.len(),
+        refused: answers.iter().filter(|a| a.ranked.is_empty()).count(),
+        top1: answers.iter().filter(|a| right_at(a, 1)).count() as f64 / n,
+        top3: answers.iter().filter(|a| right_at(a, 3)).count() as f64 / n,
+        confident: confident.len() as f64 / n,
+        right_when_confident: confident.iter().filter(|a| right_at(a, 1)).count() as f64
+            / confident.len().max(1) as f64,
+        p50_ms: quantile(0.5),
+        p99_ms: quantile(0.99),
+        per_kind: per_kind
+            .into_iter()
+            .map(|(kind, (photos, right))| KindRecall {
+                kind: kind.into(),
+                photos,
+                recall: right as f64 / photos as f64,
+            })
+            .collect(),
+        confused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(truth: &str, ranked: &[&str], confident: bool, ms: f64) -> Answer {
+        Answer {
+            truth: truth.into(),
+            ranked: ranked.iter().map(|s| s.to_string()).collect(),
+            confident,
+            ms,
+        }
+    }
+
+    #[test]
+    fn the_report_counts_kinds_ranks_and_confident_answers() {
+        let answers = [
+            answer("apple", &["apple", "pear"], true, 10.0),
+            answer("apple", &["pear", "apple"], true, 20.0),
+            answer("lemon", &["lime", "orange", "lemon"], false, 30.0),
+            answer("lemon", &[], false, 40.0),
+        ];
+        let r = report(&answers);
+        assert_eq!((r.photos, r.refused), (4, 1));
+        assert_eq!((r.top1, r.top3), (0.25, 0.75));
+        assert_eq!((r.confident, r.right_when_confident), (0.5, 0.5));
+        assert_eq!((r.p50_ms, r.p99_ms), (30.0, 40.0));
+        let apple = r.per_kind.iter().find(|k| k.kind == "apple").unwrap();
+        assert_eq!((apple.photos, apple.recall), (2, 0.5));
+        assert_eq!(r.confused.len(), 2);
+        assert!(r.confused.iter().all(|c| c.photos == 1));
+    }
+
+    #[test]
+    fn folders_that_are_not_kinds_are_refused_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("apple")).unwrap();
+        std::fs::write(dir.path().join("apple/a.jpg"), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join("Apple Braeburn 1")).unwrap();
+        let err = list_kind_photos(dir.path(), Catalog::embedded(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'Apple Braeburn 1' is not a kind"), "{err}");
+        std::fs::remove_dir(dir.path().join("Apple Braeburn 1")).unwrap();
+        let photos = list_kind_photos(dir.path(), Catalog::embedded(), Some(5)).unwrap();
+        assert_eq!(photos.len(), 1);
+    }
+}
