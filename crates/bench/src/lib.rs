@@ -10,6 +10,7 @@
 //! - [`photos`]: kind accuracy, confidence and latency on real photos;
 //! - [`scene`]: phone-like photos composed from studio shots, for the service
 //!   benchmark and the service's tests;
+//! - [`labelled`]: the `DIR/<label>/<image>` folders benchmarks read;
 //! - [`process`]: CPU time and peak memory of processes, read from `/proc`.
 //!
 //! Benchmarks measure; tests assert. Nothing of the product depends on this
@@ -18,6 +19,7 @@
 pub mod classify;
 pub mod cluster;
 pub mod featurize;
+pub mod labelled;
 pub mod photos;
 pub mod process;
 pub mod scene;

@@ -17,6 +17,7 @@ use fruits_serve::identify::{identify, Ask, IdentifyError};
 use fruits_serve::{Limits, Model, ModelSource};
 use serde::Serialize;
 
+use crate::labelled::{label_folders, list_labelled, read, spread};
 use crate::Error;
 
 #[derive(Debug, Clone)]
@@ -86,43 +87,25 @@ pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<Photo
 }
 
 /// Every photo under `dir/<kind>/`, kinds checked against the catalogue
-/// before any work; sorted, then spread over the list when limited.
+/// before any work; spread over the kinds when limited.
 fn list_kind_photos(dir: &Path, catalog: &Catalog, limit: Option<usize>) -> Result<Vec<(String, PathBuf)>, Error> {
-    let io = |e: std::io::Error| Error::Setup(format!("{}: {e}", dir.display()));
-    let mut photos = Vec::new();
-    for folder in std::fs::read_dir(dir).map_err(io)? {
-        let folder = folder.map_err(io)?.path();
-        if !folder.is_dir() {
-            continue;
-        }
-        let kind = folder
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+    for (kind, folder) in label_folders(dir)? {
         if !catalog.is_kind(&kind) {
             return Err(Error::Setup(format!(
                 "{}: '{kind}' is not a kind of the catalogue (folders must be kind ids such as apple, banana, bell_pepper_ripe)",
                 folder.display()
             )));
         }
-        for photo in std::fs::read_dir(&folder).map_err(io)? {
-            photos.push((kind.clone(), photo.map_err(io)?.path()));
-        }
     }
-    photos.sort();
-    if photos.is_empty() {
-        return Err(Error::Setup(format!("{}: no <kind>/<photo> files", dir.display())));
-    }
-    if let Some(n) = limit.filter(|&n| n < photos.len()) {
-        let step = photos.len() as f64 / n as f64;
-        photos = (0..n).map(|i| photos[(i as f64 * step) as usize].clone()).collect();
-    }
-    Ok(photos)
+    let photos = list_labelled(dir)?;
+    Ok(match limit {
+        Some(n) => spread(&photos, n).into_iter().cloned().collect(),
+        None => photos,
+    })
 }
 
 fn answer(model: &Model, catalog: &Catalog, truth: &str, path: &Path) -> Result<Answer, Error> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
+    let bytes = read(path)?;
     let ask = Ask {
         lang: Lang::En,
         // Every class, so that each kind gets all of its varieties' probability.

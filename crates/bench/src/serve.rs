@@ -3,7 +3,7 @@
 //! the same run the reference of calling `fruits_serve::identify::identify`
 //! directly, one photo at a time, without HTTP.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use fruits_serve::{start, AppState, Config, Limits, ModelSource};
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::labelled::{list_labelled, read, spread};
 use crate::scene::{compose, jpeg, Placement};
 use crate::Error;
 
@@ -94,39 +95,6 @@ pub async fn run(source: ModelSource, opts: &ServeBenchOptions) -> Result<Vec<Ro
     }
     running.stop().await?;
     Ok(rows)
-}
-
-/// `(class, path)` of every image under `dir/<class>/`.
-fn list_labelled(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
-    let io = |e: std::io::Error| Error::Setup(format!("{}: {e}", dir.display()));
-    let mut out = Vec::new();
-    for class in std::fs::read_dir(dir).map_err(io)? {
-        let class = class.map_err(io)?.path();
-        let Some(label) = class.file_name().and_then(|n| n.to_str()).map(String::from) else {
-            continue;
-        };
-        if !class.is_dir() {
-            continue;
-        }
-        for image in std::fs::read_dir(&class).map_err(io)? {
-            out.push((label.clone(), image.map_err(io)?.path()));
-        }
-    }
-    out.sort();
-    if out.is_empty() {
-        return Err(Error::Setup(format!("{}: no <class>/<image> files", dir.display())));
-    }
-    Ok(out)
-}
-
-/// `n` images spread evenly over the sorted list (so over the classes).
-fn spread(labelled: &[(String, PathBuf)], n: usize) -> Vec<&(String, PathBuf)> {
-    let step = (labelled.len() / n.max(1)).max(1);
-    labelled.iter().step_by(step).take(n).collect()
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))
 }
 
 fn studio_cases(labelled: &[(String, PathBuf)], n: usize) -> Result<Vec<Case>, Error> {
