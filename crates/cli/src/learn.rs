@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// Test images, same layout; scored with the model fitted on --train.
     #[arg(long)]
     test: String,
+    /// Real photos in `<kind>/<photo>` folders named by catalogue kind
+    /// (`apple`, `tomato`); repeatable. With any, the model also learns to
+    /// answer the kind of fruit in real photos.
+    #[arg(long)]
+    photos: Vec<String>,
     /// Where features/, errors/, model/, report/ and _SUCCESS go.
     #[arg(long)]
     output: String,
@@ -100,6 +105,7 @@ pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let job = fruits_pipeline::run::RunJob {
         train: args.train,
         test: args.test,
+        photos: args.photos,
         output: args.output,
         featurize,
         learn: fruits_pipeline::learn::LearnOptions {
@@ -136,6 +142,21 @@ pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             e.recall_weighted,
             e.f1_macro,
             seconds
+        );
+    }
+    if let Some(k) = &m.kinds {
+        println!(
+            "kinds: {} real photos, {} kinds; out of fold ({} folds): top-1 {:.1} %, top-3 {:.1} %, confident {:.1} % (right {:.1} % of those, threshold {:.3}); studio test: kind {:.2} %, served variety {:.2} %",
+            k.photos,
+            k.kinds.len(),
+            k.folds,
+            100.0 * k.top1,
+            100.0 * k.top3,
+            100.0 * k.confident,
+            100.0 * k.right_when_confident,
+            k.confidence.min_probability,
+            100.0 * k.studio_kind_accuracy,
+            100.0 * k.studio_served_accuracy,
         );
     }
     let stages: Vec<String> = s

@@ -259,3 +259,26 @@ fn train_and_evaluate_work_apart_on_a_featurize_output() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sha256 differs"), "{stderr}");
 }
+
+#[test]
+fn photo_folders_that_are_not_catalogue_kinds_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    for folder in ["apple", "Apples"] {
+        std::fs::create_dir_all(photos.join(folder)).unwrap();
+        std::fs::write(photos.join(folder).join("IMG_0001.jpg"), b"not read").unwrap();
+    }
+    let out = dir.path().join("out");
+    let result = common::fruits_run(&dir.path().join("train"), &dir.path().join("test"), &out)
+        .arg("--photos")
+        .arg(&photos)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(
+        stderr.contains("not a catalogue kind (Apples)") && stderr.contains("apple"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing was written");
+}

@@ -27,6 +27,8 @@ pub struct LearnOptions {
     pub forest: ForestOptions,
     /// The classifier a bundle serves by default.
     pub default_classifier: &'static str,
+    /// How the kind head learns from real photos.
+    pub kinds: crate::kinds::KindOptions,
 }
 
 impl Default for LearnOptions {
@@ -37,6 +39,7 @@ impl Default for LearnOptions {
             logistic: LogisticOptions::default(),
             forest: ForestOptions::default(),
             default_classifier: "logistic_regression",
+            kinds: crate::kinds::KindOptions::default(),
         }
     }
 }
@@ -269,6 +272,8 @@ pub struct BundleParts<'a> {
     pub pca: &'a Pca,
     /// Per classifier, its calibrated "not sure" threshold (none from `train`).
     pub confidence: Vec<(String, Confidence)>,
+    /// Trained on real photos, if there were any.
+    pub kind_head: Option<fruits_bundle::KindHead>,
 }
 
 /// Builds the bundle of learned classifiers and writes it to `model_dir`
@@ -288,6 +293,7 @@ pub async fn save_bundle(
         opts.default_classifier,
     );
     bundle.manifest.confidence = parts.confidence;
+    bundle.kind_head = parts.kind_head;
     bundle.save(model_dir).await?;
     Ok(bundle)
 }
@@ -349,6 +355,7 @@ pub async fn train_bundle(
         input_size,
         pca: &pca,
         confidence: Vec::new(),
+        kind_head: None,
     };
     save_bundle(&model_dir, learned, parts, opts).await?;
     let summary = TrainSummary {

@@ -15,6 +15,7 @@
 
 pub mod featurize;
 mod job;
+pub mod kinds;
 pub mod learn;
 pub mod run;
 pub mod validate;
@@ -58,6 +59,19 @@ pub enum Error {
     Classify(#[from] fruits_classify::Error),
     #[error(transparent)]
     Bundle(#[from] fruits_bundle::Error),
+    #[error(
+        "{uri}: {} not a catalogue kind ({}); real-photo folders are named after kinds, e.g. {}",
+        if .unknown.len() == 1 { "this folder is" } else { "these folders are" },
+        .unknown.join(", "),
+        .examples
+    )]
+    UnknownKinds {
+        uri: String,
+        unknown: Vec<String>,
+        examples: String,
+    },
+    #[error("{0}: no <kind>/ folders of real photos")]
+    NoKindFolders(String),
 }
 
 impl From<datafusion::error::DataFusionError> for Error {

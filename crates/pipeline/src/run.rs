@@ -1,10 +1,11 @@
-//! `fruits run`: the whole pipeline. Featurize both splits on the engine, fit
-//! the PCA on the training split (partial moments on the executors), project
-//! every row on the executors, train both classifiers on the client, score
-//! them on the test split, and write:
+//! `fruits run`: the whole pipeline. Featurize both splits (and any folders of
+//! real photos) on the engine, fit the PCA on the training split (partial
+//! moments on the executors), project every row on the executors, train both
+//! classifiers on the client, score them on the test split, train the kind
+//! head when there are real photos (crate::kinds), and write:
 //!
 //! ```text
-//! OUTPUT/features/part-JOB-NNNNN.parquet   path, label, split, features, pca
+//! OUTPUT/features/part-JOB-NNNNN.parquet   path, label, split (train, test, photos), features, pca
 //! OUTPUT/errors/part-JOB-NNNNN.parquet     path, split, error
 //! OUTPUT/model/                            the model bundle (fruits-bundle)
 //! OUTPUT/report/metrics.json, index.html
@@ -29,6 +30,7 @@ use serde::Serialize;
 
 use crate::featurize::{run_on, FeaturizeJob, Summary};
 use crate::job::JobContext;
+use crate::kinds::{check_photo_folders, score_on_studio, train_kind_head, KindMetrics};
 use crate::learn::{fit_pca, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows, Scored};
 use crate::{Error, Progress};
 
@@ -37,6 +39,9 @@ use crate::{Error, Progress};
 pub struct RunJob {
     pub train: String,
     pub test: String,
+    /// Folders of real photos in `<kind>/<photo>` folders (catalogue kind
+    /// ids): with any, the bundle learns to answer the kind.
+    pub photos: Vec<String>,
     pub output: String,
     /// Featurize settings; its `input` and `output` are set per split.
     pub featurize: FeaturizeJob,
@@ -55,6 +60,9 @@ pub struct Metrics {
     pub classifiers: BTreeMap<String, ClassifierMetrics>,
     pub default_classifier: String,
     pub class_names: Vec<String>,
+    /// The kind head's out-of-fold figures on the real photos, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<KindMetrics>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +125,7 @@ impl Stages {
 }
 
 pub async fn run(job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummary, Error> {
+    check_photo_folders(&job.photos).await?;
     let opts = fruits_engine::EngineOptions {
         model_dir: job.featurize.model_dir.clone(),
         parallelism: job.featurize.parallelism,
@@ -142,11 +151,28 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
     };
 
     stages.start("project and write", progress);
-    let projected = project_and_write(&cx, &pca_model, job.featurize.sorted).await?;
-    let errors = write_errors(&cx).await?;
+    let projected = project_and_write(&cx, job, &pca_model, job.featurize.sorted).await?;
+    let errors = write_errors(&cx, job).await?;
 
     stages.start("train", progress);
     let learned = train_off_runtime(projected.train, job.learn).await?;
+
+    let mut kind_head = match projected.photos.is_empty() {
+        true => None,
+        false => {
+            stages.start("train kinds", progress);
+            let (photos, train, classes, opts) = (
+                projected.photos,
+                learned.rows.clone(),
+                learned.classes.clone(),
+                job.learn.kinds,
+            );
+            let trained = tokio::task::spawn_blocking(move || train_kind_head(&photos, &train, &classes, &opts))
+                .await
+                .map_err(|e| Error::Training(e.to_string()))??;
+            Some(trained)
+        }
+    };
 
     stages.start("evaluate", progress);
     let scored: Vec<(Scored, f64)> = learned
@@ -157,12 +183,25 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
 
     stages.start("write model and report", progress);
     let backbone = &featurized["train"];
-    let metrics = metrics(&learned, &projected.test, &pca, &scored, job.learn.default_classifier);
+    let mut metrics = metrics(&learned, &projected.test, &pca, &scored, job.learn.default_classifier);
+    if let Some((head, kind_metrics)) = kind_head.as_mut() {
+        let default = learned
+            .trained
+            .iter()
+            .find(|t| t.classifier.name() == job.learn.default_classifier)
+            .map(|t| &t.classifier);
+        if let Some(variety) = default {
+            score_on_studio(head, variety, &projected.test, &learned.classes, kind_metrics)?;
+        }
+    }
+    let (kind_head, kind_metrics) = kind_head.unzip();
+    metrics.kinds = kind_metrics;
     let parts = BundleParts {
         backbone: &backbone.model,
         input_size: backbone.input_size,
         pca: &pca,
         confidence: scored.iter().map(|(s, _)| (s.name.clone(), s.confidence)).collect(),
+        kind_head,
     };
     save_bundle(&model_dir, learned, parts, &job.learn).await?;
     write_report(&cx, &metrics, &pca, &scored, &projected.test, &mut stages).await?;
@@ -198,16 +237,35 @@ async fn featurize_splits(
     progress: &Arc<dyn Progress>,
 ) -> Result<BTreeMap<String, Summary>, Error> {
     let mut featurized = BTreeMap::new();
-    for (split, input) in [("train", &job.train), ("test", &job.test)] {
+    for (split, input) in splits(job) {
         stages.start(&format!("featurize {split}"), progress);
         let fj = FeaturizeJob {
             input: input.clone(),
-            output: work(cx, split),
+            output: work(cx, &split),
             ..job.featurize.clone()
         };
         featurized.insert(split.to_string(), run_on(cx.ctx, &fj, progress).await?);
     }
     Ok(featurized)
+}
+
+/// Every featurized folder of a run: its scratch name and input. The real
+/// photos are `photos-N`, one per `--photos`, written as split `photos`.
+fn splits(job: &RunJob) -> Vec<(String, &String)> {
+    let photos = job.photos.iter().enumerate().map(|(i, p)| (format!("photos-{i}"), p));
+    [("train".to_string(), &job.train), ("test".to_string(), &job.test)]
+        .into_iter()
+        .chain(photos)
+        .collect()
+}
+
+/// The `split` column's value for a scratch split name.
+fn split_column(split: &str) -> &str {
+    if split.starts_with("photos-") {
+        "photos"
+    } else {
+        split
+    }
 }
 
 /// `report/metrics.json` and `report/index.html`; stops the stopwatch, so
@@ -242,6 +300,8 @@ struct Projected {
     /// Reduced rows of each split, sorted by path.
     train: Rows,
     test: Rows,
+    /// Every real photo (labelled by kind), sorted by path.
+    photos: Rows,
 }
 
 fn features_schema(k: usize) -> SchemaRef {
@@ -255,7 +315,12 @@ fn features_schema(k: usize) -> SchemaRef {
 }
 
 /// Projects both splits on the engine and writes `features/`.
-async fn project_and_write(cx: &JobContext<'_>, model: &PcaModel<'_>, sorted: bool) -> Result<Projected, Error> {
+async fn project_and_write(
+    cx: &JobContext<'_>,
+    job: &RunJob,
+    model: &PcaModel<'_>,
+    sorted: bool,
+) -> Result<Projected, Error> {
     let (ctx, pca) = (cx.ctx, model.pca);
     let project = ctx.udf(fruits_functions::pca_project::NAME)?;
     let schema = features_schema(pca.k);
@@ -264,11 +329,16 @@ async fn project_and_write(cx: &JobContext<'_>, model: &PcaModel<'_>, sorted: bo
         datafusion::parquet::file::metadata::KeyValue::new("fruits.pca_k".into(), pca.k.to_string()),
     ];
     let mut writer = cx.part_writer("features", schema.clone(), metadata);
-    let mut rows = [Rows::default(), Rows::default()];
+    let mut rows = [Rows::default(), Rows::default(), Rows::default()];
     // One query per split (a UNION sorted on the split constant trips
     // Ballista 55's adaptive planner), train first; sorted by path when the
     // job asks for it (see `FeaturizeJob::sorted`).
-    for (split, target) in ["train", "test"].into_iter().zip(rows.iter_mut()) {
+    for (split, _) in splits(job) {
+        let column = split_column(&split);
+        let target = &mut rows[["train", "test", "photos"]
+            .iter()
+            .position(|s| *s == column)
+            .unwrap_or(2)];
         let call = project.call(vec![
             col("features"),
             lit(pca.k as i64),
@@ -276,12 +346,12 @@ async fn project_and_write(cx: &JobContext<'_>, model: &PcaModel<'_>, sorted: bo
             lit(model.sha256.clone()),
         ]);
         let df = ctx
-            .read_parquet(format!("{}/features/", work(cx, split)), ParquetReadOptions::default())
+            .read_parquet(format!("{}/features/", work(cx, &split)), ParquetReadOptions::default())
             .await?
             .select(vec![
                 col("path"),
                 col("label"),
-                lit(split).alias("split"),
+                lit(column).alias("split"),
                 col("features"),
                 call.alias("pca"),
             ])?;
@@ -297,12 +367,16 @@ async fn project_and_write(cx: &JobContext<'_>, model: &PcaModel<'_>, sorted: bo
             writer.write(&batch).await?;
         }
     }
-    let [mut train, mut test] = rows;
     // Training must not depend on the order tasks finished in.
-    train.sort_by_path();
-    test.sort_by_path();
+    rows.iter_mut().for_each(Rows::sort_by_path);
+    let [train, test, photos] = rows;
     let (files, _) = writer.finish().await?;
-    Ok(Projected { files, train, test })
+    Ok(Projected {
+        files,
+        train,
+        test,
+        photos,
+    })
 }
 
 /// Casts a batch's columns to a schema's types (the engine may hand back
@@ -317,20 +391,24 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Error
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Gathers both splits' `errors/` into `OUTPUT/errors/` with a `split` column.
-async fn write_errors(cx: &JobContext<'_>) -> Result<Vec<String>, Error> {
+/// Gathers every split's `errors/` into `OUTPUT/errors/` with a `split` column.
+async fn write_errors(cx: &JobContext<'_>, job: &RunJob) -> Result<Vec<String>, Error> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("split", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, false),
     ]));
     let mut writer = cx.part_writer("errors", schema.clone(), Vec::new());
-    for split in ["train", "test"] {
+    for (split, _) in splits(job) {
         let df = cx
             .ctx
-            .read_parquet(format!("{}/errors/", work(cx, split)), ParquetReadOptions::default())
+            .read_parquet(format!("{}/errors/", work(cx, &split)), ParquetReadOptions::default())
             .await?
-            .select(vec![col("path"), lit(split).alias("split"), col("error")])?
+            .select(vec![
+                col("path"),
+                lit(split_column(&split)).alias("split"),
+                col("error"),
+            ])?
             .sort(vec![col("path").sort(true, false)])?;
         for batch in df.collect().await? {
             writer.write(&conform(&batch, &schema)?).await?;
@@ -366,6 +444,7 @@ fn metrics(learned: &Learned, test: &Rows, pca: &Pca, scored: &[(Scored, f64)], 
         classifiers,
         default_classifier: default_classifier.into(),
         class_names: classes.to_vec(),
+        kinds: None,
     }
 }
 

@@ -47,6 +47,18 @@ pub fn training() -> PathBuf {
     dir
 }
 
+/// `../shared/real-photos/grocery-store/SPLIT` beside the checkout: real
+/// phone photos in catalogue-kind folders.
+pub fn real_photos(split: &str) -> PathBuf {
+    let dir = training().join("../../real-photos/grocery-store").join(split);
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the tests read the shared real photos",
+        dir.display()
+    );
+    dir
+}
+
 /// Image files of one class folder, sorted.
 pub fn class_images(class: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(training().join(class))
@@ -136,15 +148,20 @@ pub fn fruits_run(train: &Path, test: &Path, out: &Path) -> Command {
     cmd
 }
 
-/// A `fruits run` output over the [`RUN_CLASSES`] holdout split, made once per
-/// test binary: `(run output, held-out test folder)`.
+/// A `fruits run` output over the [`RUN_CLASSES`] holdout split and the real
+/// photos of `train` (so with a kind head), made once per test binary:
+/// `(run output, held-out test folder)`.
 pub fn trained_run() -> &'static (PathBuf, PathBuf) {
     static RUN: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
     RUN.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
         let (train, test) = holdout_split(&dir);
         let out = dir.join("run");
-        run_ok(&mut fruits_run(&train, &test, &out));
+        run_ok(
+            fruits_run(&train, &test, &out)
+                .arg("--photos")
+                .arg(real_photos("train")),
+        );
         (out, test)
     })
 }

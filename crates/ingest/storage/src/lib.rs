@@ -191,6 +191,26 @@ pub struct ImageEntry {
     pub size: u64,
 }
 
+/// The names of the folders directly under `location`, sorted (one
+/// delimited listing: cheap on any store, whatever the folders hold).
+pub async fn list_folders(location: &Location) -> Result<Vec<String>, Error> {
+    let listing = location
+        .store
+        .list_with_delimiter(Some(&location.prefix))
+        .await
+        .map_err(|cause| Error::Store {
+            uri: location.uri(),
+            cause,
+        })?;
+    let mut names: Vec<String> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(String::from))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Streams every image below `location`, page by page as the store lists them.
 pub fn list_images(location: &Location) -> BoxStream<'static, Result<ImageEntry, Error>> {
     let root = location.root.clone();

@@ -7,6 +7,7 @@
 //! model/pca.json                   the fitted PCA (fruits-pca)
 //! model/logistic_regression.json   the classifiers (fruits-classify)
 //! model/random_forest.json
+//! model/kinds.json                 the kind head's classifier, when trained with real photos (kinds)
 //! ```
 //!
 //! `bundle.json` is written last and read first; every file it names is
@@ -28,6 +29,10 @@ use fruits_preprocess::{RgbImage, Spec};
 use fruits_storage::{Location, ObjectUri};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+
+pub mod kinds;
+
+pub use kinds::{KindAnswer, KindHead, KindHeadRef};
 
 pub const MANIFEST: &str = "bundle.json";
 pub const FORMAT: u32 = 1;
@@ -78,6 +83,9 @@ pub struct BundleManifest {
     /// split (`fruits run`); empty when trained without one (`fruits train`).
     #[serde(default)]
     pub confidence: Vec<(String, Confidence)>,
+    /// The kind head (see [`kinds`]), when trained with real photos.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind_head: Option<KindHeadRef>,
 }
 
 /// A loaded bundle.
@@ -86,6 +94,18 @@ pub struct Bundle {
     pub manifest: BundleManifest,
     pub pca: Pca,
     pub classifiers: Vec<Classifier>,
+    pub kind_head: Option<KindHead>,
+}
+
+/// Probabilities of feature rows, row-major.
+#[derive(Debug, Clone)]
+pub struct Probabilities {
+    /// `n × classes`; consistent with `kinds` when the bundle has a kind head.
+    pub classes: Vec<f32>,
+    /// `n × kinds` of the kind head, if any.
+    pub kinds: Option<Vec<f32>>,
+    /// Per row, how much it looks like a studio shot (the kind head's gate), if any.
+    pub studio: Option<Vec<f32>>,
 }
 
 /// One ranked class.
@@ -119,9 +139,11 @@ impl Bundle {
                 classifiers: Vec::new(),
                 default_classifier: default_classifier.into(),
                 confidence: Vec::new(),
+                kind_head: None,
             },
             pca,
             classifiers,
+            kind_head: None,
         }
     }
 
@@ -138,6 +160,20 @@ impl Bundle {
                 .classifiers
                 .push((c.name().into(), put(dir, &file, bytes).await?));
         }
+        manifest.kind_head = match &self.kind_head {
+            None => None,
+            Some(head) => {
+                let bytes = serde_json::to_vec(&head.classifier).expect("a classifier serializes");
+                let domain = serde_json::to_vec(&head.domain).expect("a classifier serializes");
+                Some(KindHeadRef {
+                    kinds: head.kinds.clone(),
+                    class_kinds: head.class_kinds(),
+                    classifier: put(dir, "kinds.json", bytes).await?,
+                    domain: put(dir, "domain.json", domain).await?,
+                    confidence: head.confidence,
+                })
+            }
+        };
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
         put(dir, MANIFEST, json).await?;
         Ok(())
@@ -179,10 +215,15 @@ impl Bundle {
             }
             classifiers.push(c);
         }
+        let kind_head = match &manifest.kind_head {
+            None => None,
+            Some(head) => Some(load_kind_head(&dir, head, manifest.classes.len()).await?),
+        };
         let bundle = Self {
             manifest,
             pca,
             classifiers,
+            kind_head,
         };
         bundle.classifier(None)?;
         Ok(bundle)
@@ -201,6 +242,36 @@ impl Bundle {
     pub fn classify_features(&self, features: &[f32], classifier: Option<&str>) -> Result<Vec<f32>, Error> {
         let reduced = self.pca.project(features)?;
         Ok(self.classifier(classifier)?.predict_proba(self.pca.k, &reduced)?)
+    }
+
+    /// Class probabilities of the default classifier (consistent with the
+    /// kind head's) and kind probabilities, of backbone feature rows.
+    pub fn classify(&self, features: &[f32]) -> Result<Probabilities, Error> {
+        let reduced = self.pca.project(features)?;
+        let classes = self.classifier(None)?.predict_proba(self.pca.k, &reduced)?;
+        let Some(head) = &self.kind_head else {
+            return Ok(Probabilities {
+                classes,
+                kinds: None,
+                studio: None,
+            });
+        };
+        let kind_p = head.classifier.predict_proba(self.pca.k, &reduced)?;
+        let domain = head.domain.predict_proba(self.pca.k, &reduced)?;
+        let c = self.manifest.classes.len();
+        let (mut mixed, mut kinds, mut studio) = (Vec::with_capacity(classes.len()), Vec::new(), Vec::new());
+        let rows = classes.chunks(c).zip(kind_p.chunks(head.kinds.len()));
+        for ((cp, kp), d) in rows.zip(domain.chunks(2)) {
+            let a = head.answer(kp, cp, d[1]);
+            mixed.extend(a.classes);
+            kinds.extend(a.kinds);
+            studio.push(a.studio);
+        }
+        Ok(Probabilities {
+            classes: mixed,
+            kinds: Some(kinds),
+            studio: Some(studio),
+        })
     }
 
     /// The calibrated "not sure" threshold of a classifier (the default one
@@ -280,6 +351,34 @@ impl Predictor {
         let proba = self.bundle.classify_features(&features, classifier)?;
         Ok(self.bundle.rank(&proba, k))
     }
+}
+
+async fn load_kind_head(dir: &Location, head: &KindHeadRef, classes: usize) -> Result<KindHead, Error> {
+    let load = |file: &FileRef| {
+        let uri = dir.child(&file.file);
+        let sha256 = file.sha256.clone();
+        async move {
+            let bytes = read_checked(&uri, &sha256).await?;
+            let c: Classifier = serde_json::from_slice(&bytes).map_err(|e| invalid(&uri, e))?;
+            Ok::<_, Error>((uri, c))
+        }
+    };
+    let (uri, classifier) = load(&head.classifier).await?;
+    let (domain_uri, domain) = load(&head.domain).await?;
+    let sorted = head.kinds.windows(2).all(|w| w[0] < w[1]);
+    if classifier.classes() != head.kinds.len() || head.class_kinds.len() != classes || !sorted {
+        return Err(invalid(&uri, "does not match bundle.json's kind head"));
+    }
+    if domain.classes() != 2 {
+        return Err(invalid(&domain_uri, "the domain gate has two outputs"));
+    }
+    Ok(KindHead::new(
+        head.kinds.clone(),
+        &head.class_kinds,
+        classifier,
+        domain,
+        head.confidence,
+    ))
 }
 
 /// Writes `bytes` to `dir/file`; returns the file's name and sha256.

@@ -123,3 +123,81 @@ async fn an_unknown_default_classifier_is_refused() {
         "{err}"
     );
 }
+
+/// [`bundle`] with a kind head: both classes are one kind, `citrus` and
+/// `pome` being the head's two kinds, learned on the reduced points.
+fn with_kind_head() -> Bundle {
+    let mut b = bundle();
+    let x: Vec<f32> = (0..20)
+        .flat_map(|i| [if i % 2 == 0 { 1.0 } else { -1.0 }, 0.0])
+        .collect();
+    let y: Vec<u32> = (0..20).map(|i| i % 2).collect();
+    let lr = LogisticRegression::fit(&Samples::new(2, &x, &y, 2).unwrap(), LogisticOptions::default()).unwrap();
+    let confidence = Confidence {
+        min_probability: 0.7,
+        correct_kept: 0.9,
+        wrong_flagged: 0.5,
+        rows: 20,
+    };
+    // The gate calls every row a real photo (a constant-ish model: one class only seen).
+    let dx = [0.0f32, 0.0, 0.0, 0.0];
+    let domain =
+        LogisticRegression::fit(&Samples::new(2, &dx, &[0, 0], 2).unwrap(), LogisticOptions::default()).unwrap();
+    b.kind_head = Some(KindHead::new(
+        vec!["citrus".into(), "pome".into()],
+        &["pome".into(), "citrus".into()],
+        Classifier::LogisticRegression(lr),
+        Classifier::LogisticRegression(domain),
+        Some(confidence),
+    ));
+    b
+}
+
+#[tokio::test]
+async fn a_kind_head_is_saved_checked_and_answers_the_same_after_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dir.path().display().to_string();
+    let original = with_kind_head();
+    original.save(&Location::parse(&uri).unwrap()).await.unwrap();
+    let loaded = Bundle::load(&uri).await.unwrap();
+    let head = loaded.kind_head.as_ref().expect("the kind head is loaded");
+    assert_eq!(head.kinds, ["citrus", "pome"]);
+    assert_eq!(head.class_kinds(), ["pome", "citrus"]);
+    assert_eq!(head.confidence.unwrap().min_probability, 0.7);
+    let features = [1.0f32, 0.5, 0.2, -1.0, -0.5, 0.0];
+    let (a, b) = (
+        loaded.classify(&features).unwrap(),
+        original.classify(&features).unwrap(),
+    );
+    assert_eq!(a.classes, b.classes);
+    let kinds = a.kinds.expect("kind probabilities");
+    assert_eq!(kinds.len(), 4);
+    // One class per kind: each class gets exactly its kind's probability.
+    assert!((a.classes[0] - kinds[1]).abs() < 1e-6 && (a.classes[1] - kinds[0]).abs() < 1e-6);
+    assert!(
+        a.studio.unwrap().iter().all(|&s| s < 0.5),
+        "the gate saw only real photos"
+    );
+
+    for file in ["kinds.json", "domain.json"] {
+        let good = std::fs::read(dir.path().join(file)).unwrap();
+        std::fs::write(dir.path().join(file), b"{}").unwrap();
+        let err = Bundle::load(&uri).await.unwrap_err().to_string();
+        assert!(err.contains(file) && err.contains("sha256"), "{err}");
+        std::fs::write(dir.path().join(file), good).unwrap();
+    }
+    Bundle::load(&uri).await.expect("loads again once repaired");
+}
+
+#[tokio::test]
+async fn a_bundle_without_a_kind_head_still_loads_and_has_no_kinds() {
+    let (_dir, uri) = saved().await;
+    let text = std::fs::read_to_string(format!("{uri}/bundle.json")).unwrap();
+    assert!(
+        !text.contains("kind_head"),
+        "older readers are not given a field they do not know"
+    );
+    let loaded = Bundle::load(&uri).await.unwrap();
+    assert!(loaded.kind_head.is_none());
+    assert!(loaded.classify(&[1.0, 0.5, 0.2]).unwrap().kinds.is_none());
+}

@@ -74,6 +74,54 @@ impl<'a> Samples<'a> {
     }
 }
 
+/// Out-of-fold probabilities (`n × classes`, row-major) of the first
+/// `scored` rows of `data`: each of those rows is predicted by a model
+/// `fit` on every other row (of all of `data`) but its fold's. Folds are
+/// stratified and contiguous: a class's scored rows, in order, are cut into
+/// `folds` runs. Rows in order are often shots of one session (photos named
+/// `Royal-Gala_012`, `_013`): interleaved folds would put near-copies on both
+/// sides and score too high. Rows past `scored` are always on the training
+/// side (e.g. studio shots that help but are not what is being judged).
+pub fn out_of_fold(
+    data: &Samples,
+    scored: usize,
+    folds: usize,
+    fit: impl Fn(&Samples) -> Result<Classifier, Error>,
+) -> Result<Vec<f32>, Error> {
+    let folds = folds.max(2);
+    let mut total = vec![0usize; data.classes];
+    data.y[..scored].iter().for_each(|&c| total[c as usize] += 1);
+    let mut seen = vec![0usize; data.classes];
+    let fold: Vec<usize> = data.y[..scored]
+        .iter()
+        .map(|&c| {
+            let j = seen[c as usize];
+            seen[c as usize] += 1;
+            j * folds / total[c as usize]
+        })
+        .collect();
+    let mut proba = vec![0.0f32; scored * data.classes];
+    for f in 0..folds {
+        let held: Vec<usize> = (0..scored).filter(|&i| fold[i] == f).collect();
+        if held.is_empty() {
+            continue;
+        }
+        let keep = (0..data.len()).filter(|&i| i >= scored || fold[i] != f);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for i in keep {
+            x.extend_from_slice(data.row(i));
+            y.push(data.y[i]);
+        }
+        let model = fit(&Samples::new(data.dim, &x, &y, data.classes)?)?;
+        let held_x: Vec<f32> = held.iter().flat_map(|&i| data.row(i).to_vec()).collect();
+        let p = model.predict_proba(data.dim, &held_x)?;
+        for (row, &i) in p.chunks(data.classes).zip(&held) {
+            proba[i * data.classes..(i + 1) * data.classes].copy_from_slice(row);
+        }
+    }
+    Ok(proba)
+}
+
 /// Checks that `x` holds whole rows of the `expected` width; returns the row count.
 pub(crate) fn rows_of(expected: usize, dim: usize, x: &[f32]) -> Result<usize, Error> {
     if dim != expected || !x.len().is_multiple_of(dim) {

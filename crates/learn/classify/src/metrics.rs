@@ -138,6 +138,44 @@ pub fn calibrate(answers: &[(f32, bool)], keep: f64) -> Confidence {
     }
 }
 
+/// The lowest threshold whose confident answers are right at least
+/// `precision` of the time (answers at or above it, ties kept together):
+/// "confident" then means what it says on rows like these. Nothing is
+/// confident (threshold above 1) when no threshold reaches `precision`.
+pub fn calibrate_precision(answers: &[(f32, bool)], precision: f64) -> Confidence {
+    let mut sorted = answers.to_vec();
+    sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut right = 0usize;
+    let mut best = None;
+    for (i, &(p, ok)) in sorted.iter().enumerate() {
+        right += usize::from(ok);
+        let boundary = sorted.get(i + 1).is_none_or(|next| next.0 < p);
+        if boundary && right as f64 >= precision * (i + 1) as f64 {
+            best = Some(p);
+        }
+    }
+    let min_probability = best.unwrap_or(f32::from_bits(1.0f32.to_bits() + 1));
+    let kept_right = answers.iter().filter(|a| a.1 && a.0 >= min_probability).count();
+    let wrong = answers.iter().filter(|a| !a.1).count();
+    let flagged = answers.iter().filter(|a| !a.1 && a.0 < min_probability).count();
+    Confidence {
+        min_probability,
+        correct_kept: kept_right as f64 / answers.iter().filter(|a| a.1).count().max(1) as f64,
+        wrong_flagged: if wrong == 0 { 1.0 } else { flagged as f64 / wrong as f64 },
+        rows: answers.len(),
+    }
+}
+
+/// Share of `answers` at or above `threshold`, and the share of those that are right.
+pub fn confident_and_right(answers: &[(f32, bool)], threshold: f32) -> (f64, f64) {
+    let confident: Vec<bool> = answers.iter().filter(|a| a.0 >= threshold).map(|a| a.1).collect();
+    let right = confident.iter().filter(|&&ok| ok).count();
+    (
+        confident.len() as f64 / answers.len().max(1) as f64,
+        right as f64 / confident.len().max(1) as f64,
+    )
+}
+
 /// Each row's top-1 probability and whether it names the true class.
 pub fn top1_answers(truth: &[u32], proba: &[f32], classes: usize) -> Vec<(f32, bool)> {
     truth

@@ -110,3 +110,57 @@ fn calibration_keeps_the_asked_share_of_right_answers_and_counts_flagged_wrong_o
     let answers = top1_answers(&[1, 0], &[0.2, 0.8, 0.2, 0.8], 2);
     assert_eq!(answers, vec![(0.8, true), (0.8, false)]);
 }
+
+#[test]
+fn precision_calibration_picks_the_lowest_threshold_that_is_right_often_enough() {
+    use super::metrics::{calibrate_precision, confident_and_right};
+    // From the top: 0.9 ✓, 0.8 ✓, 0.7 ✗, 0.6 ✓, 0.5 ✓, 0.4 ✗ ✗.
+    let answers = [
+        (0.9, true),
+        (0.8, true),
+        (0.7, false),
+        (0.6, true),
+        (0.5, true),
+        (0.4, false),
+        (0.4, false),
+    ];
+    let c = calibrate_precision(&answers, 0.8);
+    assert_eq!(c.min_probability, 0.5, "4 of the top 5 are right");
+    assert_eq!(confident_and_right(&answers, c.min_probability), (5.0 / 7.0, 0.8));
+    assert!((c.wrong_flagged - 2.0 / 3.0).abs() < 1e-12);
+    // Ties are kept together: 0.4 brings both its wrong answers at once
+    // (4 of 7 right), never one of them alone (4 of 6).
+    assert_eq!(calibrate_precision(&answers, 0.6).min_probability, 0.5);
+    assert_eq!(calibrate_precision(&answers, 0.55).min_probability, 0.4);
+    // Nothing reaches 100 % below the first wrong answer but the top two.
+    assert_eq!(calibrate_precision(&answers, 1.0).min_probability, 0.8);
+    // Never reached: nothing is confident.
+    let never = calibrate_precision(&[(0.9, false)], 0.5);
+    assert!(never.min_probability > 1.0);
+    assert_eq!(confident_and_right(&[(0.9, false)], never.min_probability).0, 0.0);
+}
+
+#[test]
+fn out_of_fold_predicts_every_scored_row_with_a_model_that_never_saw_it() {
+    let (x, y) = blobs(3, 4, 30, 0.3, 7);
+    let data = Samples::new(4, &x, &y, 3).unwrap();
+    let fitted_sizes = std::sync::Mutex::new(Vec::new());
+    let proba = out_of_fold(&data, 60, 5, |s| {
+        fitted_sizes.lock().unwrap().push(s.len());
+        Ok(Classifier::LogisticRegression(LogisticRegression::fit(
+            s,
+            LogisticOptions::default(),
+        )?))
+    })
+    .unwrap();
+    assert_eq!(proba.len(), 60 * 3);
+    // Each fold holds out 12 of the 60 scored rows; the 30 others always train.
+    assert_eq!(*fitted_sizes.lock().unwrap(), vec![78; 5]);
+    let right = proba
+        .chunks(3)
+        .zip(&y[..60])
+        .filter(|(p, &t)| fruits_common::top_k(p, 1)[0] == t as usize)
+        .count();
+    assert!(right >= 57, "{right} of 60 separable rows right out of fold");
+    assert!(proba.chunks(3).all(|p| (p.iter().sum::<f32>() - 1.0).abs() < 1e-4));
+}

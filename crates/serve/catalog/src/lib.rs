@@ -118,6 +118,52 @@ impl Fruit {
     }
 }
 
+/// The facts of one kind (a species or crop): what the app answers first
+/// for a real photo, before any variety.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindFacts {
+    /// The kind's id (`apple`, `bell_pepper_ripe`).
+    pub id: String,
+    pub name_en: String,
+    pub name_fr: String,
+    pub latin: String,
+    pub family: String,
+    pub description_en: String,
+    pub description_fr: String,
+    pub season_en: String,
+    pub season_fr: String,
+    pub per_100g: Nutrition,
+}
+
+impl KindFacts {
+    /// The display name in `lang` (`fr`, else English).
+    pub fn name(&self, lang: &str) -> &str {
+        if lang.starts_with("fr") {
+            &self.name_fr
+        } else {
+            &self.name_en
+        }
+    }
+
+    /// The one-line description in `lang` (`fr`, else English).
+    pub fn description(&self, lang: &str) -> &str {
+        if lang.starts_with("fr") {
+            &self.description_fr
+        } else {
+            &self.description_en
+        }
+    }
+
+    /// The main harvest season in `lang` (`fr`, else English).
+    pub fn season(&self, lang: &str) -> &str {
+        if lang.starts_with("fr") {
+            &self.season_fr
+        } else {
+            &self.season_en
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Kind {
     en: String,
@@ -130,6 +176,23 @@ struct Kind {
     season_fr: String,
     #[serde(flatten)]
     nutrition: Nutrition,
+}
+
+impl Kind {
+    fn facts(&self, id: &str) -> KindFacts {
+        KindFacts {
+            id: id.into(),
+            name_en: self.en.clone(),
+            name_fr: self.fr.clone(),
+            latin: self.latin.clone(),
+            family: self.family.clone(),
+            description_en: self.description.clone(),
+            description_fr: self.description_fr.clone(),
+            season_en: self.season.clone(),
+            season_fr: self.season_fr.clone(),
+            per_100g: self.nutrition.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +214,8 @@ struct File {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     fruits: BTreeMap<String, Fruit>,
+    /// The kinds some class uses, by id.
+    kinds: BTreeMap<String, KindFacts>,
     /// Kinds no class uses (a data-file mistake the tests catch).
     pub unused_kinds: Vec<String>,
 }
@@ -191,18 +256,32 @@ impl Catalog {
             };
             fruits.insert(label.clone(), fruit);
         }
-        let unused_kinds = file
+        let (used, unused): (Vec<_>, Vec<_>) = file
             .kinds
-            .keys()
-            .filter(|k| !file.classes.values().any(|c| &c.kind == *k))
-            .cloned()
-            .collect();
-        Ok(Self { fruits, unused_kinds })
+            .iter()
+            .partition(|(id, _)| file.classes.values().any(|c| &c.kind == *id));
+        let kinds = used.into_iter().map(|(id, k)| (id.clone(), k.facts(id))).collect();
+        let unused_kinds = unused.into_iter().map(|(id, _)| id.clone()).collect();
+        Ok(Self {
+            fruits,
+            kinds,
+            unused_kinds,
+        })
     }
 
     /// Whether `id` is a kind some class belongs to.
     pub fn is_kind(&self, id: &str) -> bool {
-        self.fruits.values().any(|f| f.kind == id)
+        self.kinds.contains_key(id)
+    }
+
+    /// The facts of the kind `id`, if some class belongs to it.
+    pub fn kind(&self, id: &str) -> Option<&KindFacts> {
+        self.kinds.get(id)
+    }
+
+    /// Every kind some class belongs to, sorted by id.
+    pub fn kinds(&self) -> impl Iterator<Item = &KindFacts> {
+        self.kinds.values()
     }
 
     pub fn get(&self, label: &str) -> Option<&Fruit> {

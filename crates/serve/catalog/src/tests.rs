@@ -141,3 +141,28 @@ fn every_class_knows_its_kind_id_and_the_real_photo_kinds_exist() {
     }
     assert!(!catalog.is_kind("Apple Braeburn 1"), "a class is not a kind");
 }
+
+#[test]
+fn every_kind_has_its_facts_and_names_in_both_languages() {
+    let catalog = Catalog::embedded();
+    let apple = catalog.kind("apple").expect("apple is a kind");
+    assert_eq!((apple.name("en"), apple.name("fr")), ("Apple", "Pomme"));
+    assert_eq!(apple.latin, "Malus domestica");
+    assert!(catalog.kind("Apple Braeburn 1").is_none(), "a class is not a kind");
+    for kind in catalog.kinds() {
+        assert!(
+            !kind.name_fr.is_empty() && !kind.description_fr.is_empty(),
+            "{}",
+            kind.id
+        );
+        assert!(catalog.all().any(|f| f.kind == kind.id), "{} has no class", kind.id);
+    }
+    assert_eq!(
+        catalog.kinds().count(),
+        catalog
+            .all()
+            .map(|f| &f.kind)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+}

@@ -2,7 +2,7 @@
 //! `POST /v1/identify` and of the catalogue, with their OpenAPI schemas.
 //! Plain data: no decoding, no model, no HTTP status here.
 
-use fruits_catalog::{Fruit, Lang};
+use fruits_catalog::{Fruit, KindFacts, Lang};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -65,6 +65,66 @@ impl FruitFacts {
     }
 }
 
+/// The kind of fruit in the photo (`apple`, `tomato`): what the app says
+/// first, with its facts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Kind {
+    /// The catalogue's kind id.
+    #[schema(example = "apple")]
+    pub id: String,
+    /// In the requested language.
+    #[schema(example = "Apple")]
+    pub name: String,
+    pub names: Names,
+    pub probability: f32,
+    pub latin: String,
+    pub family: String,
+    pub description: String,
+    pub season: String,
+    pub per_100g: Per100g,
+}
+
+/// A name in every language the app speaks.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Names {
+    pub en: String,
+    pub fr: String,
+}
+
+impl Kind {
+    pub fn new(kind: &KindFacts, probability: f32, lang: Lang) -> Self {
+        let n = &kind.per_100g;
+        Self {
+            id: kind.id.clone(),
+            name: kind.name(lang.code()).to_string(),
+            names: Names {
+                en: kind.name_en.clone(),
+                fr: kind.name_fr.clone(),
+            },
+            probability,
+            latin: kind.latin.clone(),
+            family: kind.family.clone(),
+            description: kind.description(lang.code()).to_string(),
+            season: kind.season(lang.code()).to_string(),
+            per_100g: Per100g {
+                kcal: n.kcal,
+                carbohydrates_g: n.carbohydrates_g,
+                fibre_g: n.fibre_g,
+                vitamin_c_mg: n.vitamin_c_mg,
+            },
+        }
+    }
+}
+
+/// One ranked kind.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RankedKind {
+    #[schema(example = "apple")]
+    pub id: String,
+    pub name: String,
+    pub probability: f32,
+}
+
 /// A part of the photo, as shares of its width and height (oriented).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
 pub struct BoundingBox {
@@ -79,6 +139,9 @@ pub struct BoundingBox {
 pub struct Region {
     #[serde(rename = "box")]
     pub bounds: BoundingBox,
+    /// The kind's id, e.g. `apple`.
+    pub kind: String,
+    /// Its most probable variety (class).
     pub label: String,
     pub name: String,
     pub probability: f32,
@@ -101,13 +164,20 @@ pub struct Timings {
 /// The answer to one photo.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Identification {
-    /// Most probable classes first.
+    /// The most probable kind of fruit, with its facts: the answer to show first.
+    pub kind: Option<Kind>,
+    /// The most probable kinds, first first (3 at most).
+    pub kinds: Vec<RankedKind>,
+    /// Most probable varieties (classes) first, consistent with `kind`.
     pub predictions: Vec<Prediction>,
-    /// False when the top probability is under `threshold`: say "not sure".
+    /// False when the top kind's probability is under `threshold`: say "not sure".
     pub confident: bool,
+    /// What to tell the person, in the requested language: the kind when
+    /// confident, else "not sure" (and why).
+    pub message: String,
     /// The model's calibrated "not sure" threshold.
     pub threshold: f32,
-    /// Facts about the top class.
+    /// Facts about the top variety.
     pub fruit: Option<FruitFacts>,
     /// Distinct fruits found in different parts of the photo; empty unless two or more.
     pub regions: Vec<Region>,

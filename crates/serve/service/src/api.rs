@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::answer::{FruitFacts, FruitList, Identification};
+use crate::answer::{FruitFacts, FruitList, Identification, Kind, RankedKind};
 use crate::error::{ApiError, ErrorBody};
 use crate::identify::{self, Ask};
 use crate::AppState;
@@ -68,6 +68,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     components(schemas(
         ErrorBody,
         Identification,
+        Kind,
+        RankedKind,
         FruitFacts,
         FruitList,
         Ready,

@@ -3,26 +3,27 @@
 //! The photo is decoded (large JPEGs at a reduced DCT scale), then looked at
 //! through several square *views*: the whole picture, and for photos of at
 //! least twice the model's input side, a grid of overlapping squares of 60 %
-//! of the shorter side, so that a fruit off-centre or one of several fruits
-//! fills a view the way a Fruits-360 fruit fills its frame. All views go
-//! through the backbone as one batch.
+//! of the shorter side. All views go through the backbone as one batch.
 //!
-//! Our classifier only ever saw fruits on white, so its own probability is
-//! no guide to which view holds a fruit: on a view of a table it still names
-//! some fruit, often with high probability. The backbone's ImageNet head is
-//! that guide: the answer is the view with the largest share of ImageNet
-//! probability on fruit and vegetable classes (`produce_share`). Grid views
-//! that look like produce and are confident are grouped by kind of fruit (two
-//! apple varieties seen on one apple are one apple); two or more groups are
-//! reported as `regions`.
+//! The answer leads with the **kind** (`apple`, `tomato`). A bundle trained
+//! with real photos has a kind head (fruits-bundle `kinds`): it learned whole
+//! real photos, so the whole photo answers, and "confident" is its
+//! probability against a threshold calibrated on real photos. A bundle
+//! trained on studio shots only sums its varieties' probabilities by kind;
+//! as those classifiers never saw anything but fruits on white, their
+//! probability is no guide to which view holds a fruit, and the view with the
+//! largest share of ImageNet probability on produce classes
+//! (`produce_share`) answers, as before kinds. Grid views confident about a
+//! kind are grouped by kind; two kinds or more are reported as `regions`.
 
 use std::time::Instant;
 
+use fruits_bundle::Probabilities;
 use fruits_catalog::{Catalog, Lang};
 use fruits_preprocess::photo::decode_photo;
 use image::RgbImage;
 
-use crate::answer::{FruitFacts, Identification, ImageSize, Prediction, Region, Timings};
+use crate::answer::{FruitFacts, Identification, ImageSize, Kind, Prediction, RankedKind, Region, Timings};
 use crate::model::Model;
 use crate::views::{crop, plan, union, View};
 
@@ -52,6 +53,12 @@ pub struct Ask {
     pub max_pixels: u64,
 }
 
+/// Kinds shown in `kinds`.
+const TOP_KINDS: usize = 3;
+/// Below this produce share (and not confident), the photo is said not to
+/// look like a fruit at all.
+const NOT_PRODUCE: f32 = 0.05;
+
 /// Identifies the fruits in one encoded photo (CPU-bound: call off the async runtime).
 pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Result<Identification, IdentifyError> {
     let start = Instant::now();
@@ -61,21 +68,20 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
     let (w, h) = photo.image.dimensions();
     let views = plan(w, h, photo.width.min(photo.height), size, ask.regions);
     let crops: Vec<RgbImage> = views.iter().map(|v| crop(&photo.image, *v)).collect();
-    let bundle = &model.predictor.bundle;
     let outputs = model.predictor.outputs_of(&crops)?;
-    let proba = bundle.classify_features(&outputs.features, None)?;
-    let classes = model.classes();
-    let rows: Vec<&[f32]> = proba.chunks(classes).collect();
-    let produce: Vec<f32> = outputs
-        .logits
-        .chunks(outputs.logits.len() / views.len())
-        .map(produce_share)
-        .collect();
+    let probabilities = model.predictor.bundle.classify(&outputs.features)?;
+    let seen = Seen::new(model, catalog, &probabilities, &outputs.logits, views.len());
     let inferred = start.elapsed();
 
-    let best = if views.len() == 1 { 0 } else { most_produce(&produce) };
-    let ranked = bundle.rank(rows[best], ask.top.max(1));
-    let predictions: Vec<Prediction> = ranked
+    let best = seen.answering_view();
+    let kinds = seen.ranked_kinds(best);
+    let top_kind = kinds.first().map(|(k, p)| (k.clone(), *p));
+    let confident = top_kind.as_ref().is_some_and(|(_, p)| *p >= model.threshold)
+        && (seen.has_kind_head || views.len() == 1 || seen.produce[best] >= PRODUCE_MIN);
+    let predictions: Vec<Prediction> = model
+        .predictor
+        .bundle
+        .rank(seen.classes[best], ask.top.max(1))
         .iter()
         .map(|r| Prediction {
             label: r.label.clone(),
@@ -83,13 +89,24 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
             probability: r.probability,
         })
         .collect();
-    let regions = regions(model, catalog, &views, &rows, &produce, (w, h), ask.lang);
+    let message = message(catalog, &kinds, confident, seen.produce[0], ask.lang);
     Ok(Identification {
-        confident: predictions[0].probability >= model.threshold && (views.len() == 1 || produce[best] >= PRODUCE_MIN),
+        kind: top_kind.and_then(|(id, p)| catalog.kind(&id).map(|k| Kind::new(k, p, ask.lang))),
+        kinds: kinds
+            .iter()
+            .take(TOP_KINDS)
+            .map(|(id, p)| RankedKind {
+                id: id.clone(),
+                name: kind_name(catalog, id, ask.lang),
+                probability: *p,
+            })
+            .collect(),
+        confident,
+        message,
         threshold: model.threshold,
         fruit: catalog.get(&predictions[0].label).map(|f| FruitFacts::new(f, ask.lang)),
         predictions,
-        regions,
+        regions: regions(model, catalog, &seen, &views, (w, h), ask.lang),
         image: ImageSize {
             width: photo.width,
             height: photo.height,
@@ -104,9 +121,109 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
     })
 }
 
+/// What the model made of each view: class and kind probabilities, and
+/// how much it looks like produce to ImageNet.
+struct Seen<'a> {
+    classes: Vec<&'a [f32]>,
+    /// Kind ids, indexing each row of `kinds`.
+    kind_ids: Vec<String>,
+    kinds: Vec<Vec<f32>>,
+    produce: Vec<f32>,
+    has_kind_head: bool,
+}
+
+impl<'a> Seen<'a> {
+    fn new(model: &Model, catalog: &Catalog, p: &'a Probabilities, logits: &[f32], views: usize) -> Self {
+        let bundle = &model.predictor.bundle;
+        let classes: Vec<&[f32]> = p.classes.chunks(model.classes()).collect();
+        let produce = logits.chunks(logits.len() / views).map(produce_share).collect();
+        let (kind_ids, kinds) = match (&bundle.kind_head, &p.kinds) {
+            (Some(head), Some(kinds)) => (
+                head.kinds.clone(),
+                kinds.chunks(head.kinds.len()).map(<[f32]>::to_vec).collect(),
+            ),
+            _ => summed_by_kind(catalog, &bundle.manifest.classes, &classes),
+        };
+        Self {
+            classes,
+            kind_ids,
+            kinds,
+            produce,
+            has_kind_head: bundle.kind_head.is_some(),
+        }
+    }
+
+    /// The view that answers: the whole photo for a kind head (it learned
+    /// whole photos), else the view most like produce.
+    fn answering_view(&self) -> usize {
+        if self.has_kind_head || self.produce.len() == 1 {
+            0
+        } else {
+            most_produce(&self.produce)
+        }
+    }
+
+    /// Kinds of one view, most probable first.
+    fn ranked_kinds(&self, view: usize) -> Vec<(String, f32)> {
+        fruits_common::top_k(&self.kinds[view], self.kind_ids.len())
+            .into_iter()
+            .map(|k| (self.kind_ids[k].clone(), self.kinds[view][k]))
+            .collect()
+    }
+}
+
+/// Kind probabilities as the sum of their classes' (for bundles without a
+/// kind head); a class the catalogue lacks is its own kind.
+fn summed_by_kind(catalog: &Catalog, labels: &[String], rows: &[&[f32]]) -> (Vec<String>, Vec<Vec<f32>>) {
+    let kind_of: Vec<String> = labels
+        .iter()
+        .map(|l| catalog.get(l).map_or_else(|| l.clone(), |f| f.kind.clone()))
+        .collect();
+    let mut ids = kind_of.clone();
+    ids.sort();
+    ids.dedup();
+    let index: Vec<usize> = kind_of.iter().map(|k| ids.binary_search(k).expect("listed")).collect();
+    let sums = rows
+        .iter()
+        .map(|row| {
+            let mut sum = vec![0.0f32; ids.len()];
+            row.iter().zip(&index).for_each(|(p, &k)| sum[k] += p);
+            sum
+        })
+        .collect();
+    (ids, sums)
+}
+
+/// What to tell the person.
+fn message(catalog: &Catalog, kinds: &[(String, f32)], confident: bool, produce: f32, lang: Lang) -> String {
+    let name = |i: usize| kinds.get(i).map(|(id, _)| kind_name(catalog, id, lang));
+    match (confident, lang) {
+        (true, _) => name(0).unwrap_or_default(),
+        (false, Lang::En) if produce < NOT_PRODUCE => "Not sure: this does not look like a fruit we know".into(),
+        (false, Lang::Fr) if produce < NOT_PRODUCE => {
+            "Pas sûr : cela ne ressemble à aucun fruit que nous connaissons".into()
+        }
+        (false, Lang::En) => format!(
+            "Not sure: maybe {} or {}",
+            name(0).unwrap_or_default(),
+            name(1).unwrap_or_default()
+        ),
+        (false, Lang::Fr) => format!(
+            "Pas sûr : peut-être {} ou {}",
+            name(0).unwrap_or_default(),
+            name(1).unwrap_or_default()
+        ),
+    }
+}
+
 /// A class's name in `lang`, or its label when the catalogue lacks it.
 fn display_name(catalog: &Catalog, label: &str, lang: Lang) -> String {
     catalog.get(label).map_or(label, |f| f.name(lang.code())).to_string()
+}
+
+/// A kind's name in `lang`, or its id when the catalogue lacks it.
+fn kind_name(catalog: &Catalog, id: &str, lang: Lang) -> String {
+    catalog.kind(id).map_or(id, |k| k.name(lang.code())).to_string()
 }
 
 /// ImageNet classes of fruits, vegetables and nuts (cabbage to pomegranate,
@@ -116,9 +233,7 @@ fn is_produce(class: usize) -> bool {
 }
 
 /// The share of ImageNet probability on produce classes: how much a view
-/// looks like a fruit at all, whatever our classifier thinks it is. Our
-/// classifier only ever saw fruits on white, so its own confidence means
-/// little on a view of a table or a wall; this does.
+/// looks like a fruit at all, whatever our classifiers think it is.
 fn produce_share(logits: &[f32]) -> f32 {
     let p = fruits_common::softmax(logits);
     p.iter()
@@ -133,54 +248,52 @@ fn most_produce(produce: &[f32]) -> usize {
     (0..produce.len()).fold(0, |best, i| if produce[i] > produce[best] { i } else { best })
 }
 
-/// Confident grid views grouped by kind; reported when there are two kinds or more.
+/// Grid views confident about a kind, grouped by kind; reported when there
+/// are two kinds or more. Each region names its most probable variety of
+/// that kind in its most confident view.
 fn regions(
     model: &Model,
     catalog: &Catalog,
+    seen: &Seen,
     views: &[Option<View>],
-    rows: &[&[f32]],
-    produce: &[f32],
     (w, h): (u32, u32),
     lang: Lang,
 ) -> Vec<Region> {
     let bundle = &model.predictor.bundle;
-    let mut found: Vec<(String, Region)> = Vec::new();
-    for ((view, row), &produce) in views.iter().zip(rows).zip(produce) {
+    let mut found: Vec<Region> = Vec::new();
+    for (i, view) in views.iter().enumerate() {
         let Some(v) = view else { continue };
-        let best = &bundle.rank(row, 1)[0];
-        if best.probability < model.threshold || produce < PRODUCE_MIN {
+        let Some((kind, probability)) = seen.ranked_kinds(i).into_iter().next() else {
+            continue;
+        };
+        if probability < model.threshold || (!seen.has_kind_head && seen.produce[i] < PRODUCE_MIN) {
             continue;
         }
-        let kind = catalog
-            .get(&best.label)
-            .map_or(best.label.clone(), |f| f.kind_en.clone());
+        let label = bundle.rank(seen.classes[i], 1)[0].label.clone();
         let bounds = v.bounds((w, h));
-        match found.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, region)) => {
+        match found.iter_mut().find(|r| r.kind == kind) {
+            Some(region) => {
                 region.bounds = union(region.bounds, bounds);
-                if best.probability > region.probability {
-                    region.label = best.label.clone();
-                    region.name = display_name(catalog, &best.label, lang);
-                    region.probability = best.probability;
+                if probability > region.probability {
+                    region.name = display_name(catalog, &label, lang);
+                    region.label = label;
+                    region.probability = probability;
                 }
             }
-            None => found.push((
+            None => found.push(Region {
+                bounds,
                 kind,
-                Region {
-                    bounds,
-                    label: best.label.clone(),
-                    name: display_name(catalog, &best.label, lang),
-                    probability: best.probability,
-                },
-            )),
+                name: display_name(catalog, &label, lang),
+                label,
+                probability,
+            }),
         }
     }
     if found.len() < 2 {
         return Vec::new();
     }
-    let mut regions: Vec<Region> = found.into_iter().map(|(_, r)| r).collect();
-    regions.sort_by(|a, b| b.probability.total_cmp(&a.probability));
-    regions
+    found.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+    found
 }
 
 fn ms(d: std::time::Duration) -> f64 {

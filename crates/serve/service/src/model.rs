@@ -25,7 +25,8 @@ pub struct ModelSource {
 
 pub struct Model {
     pub predictor: Predictor,
-    /// The "not sure" threshold of the default classifier.
+    /// The "not sure" threshold: on the top kind's probability with a kind
+    /// head, else on the default classifier's top class.
     pub threshold: f32,
     /// Where `threshold` comes from: `calibrated`, `configured` or `default`.
     pub threshold_source: &'static str,
@@ -37,7 +38,10 @@ pub struct Model {
 impl Model {
     pub async fn load(source: &ModelSource) -> Result<Self, fruits_bundle::Error> {
         let bundle = Bundle::open(&source.uri).await?;
-        let (threshold, threshold_source) = match (source.min_confidence, bundle.confidence(None)) {
+        // A kind head's threshold (on the kind's probability, calibrated on
+        // real photos) comes before the variety head's (on studio shots).
+        let kind_confidence = bundle.kind_head.as_ref().and_then(|h| h.confidence);
+        let (threshold, threshold_source) = match (source.min_confidence, kind_confidence.or(bundle.confidence(None))) {
             (Some(t), _) => (t, "configured"),
             (None, Some(c)) => (c.min_probability, "calibrated"),
             (None, None) => (UNCALIBRATED_THRESHOLD, "default"),

@@ -1,0 +1,295 @@
+//! Learning the *kind* (`apple`, `tomato`) from real photos: the folders of
+//! real photos are checked against the catalogue before any work, and the
+//! kind head (fruits-bundle's [`KindHead`]) is trained on the photos plus a
+//! few studio shots per class, with its "not sure" threshold chosen on
+//! out-of-fold answers for the photos.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use fruits_bundle::KindHead;
+use fruits_catalog::Catalog;
+use fruits_classify::logistic::{LogisticOptions, LogisticRegression};
+use fruits_classify::metrics::{calibrate_precision, confident_and_right, evaluate, top1_answers, Confidence};
+use fruits_classify::{out_of_fold, Classifier, Samples};
+use fruits_storage::{list_folders, Location};
+use serde::Serialize;
+
+use crate::learn::Rows;
+use crate::Error;
+
+/// How the kind head learns.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KindOptions {
+    pub logistic: LogisticOptions,
+    /// Studio shots per class added to the photos (spread over the class),
+    /// so that kinds without photos can still be answered.
+    pub studio_per_class: usize,
+    /// Folds of the cross-validation that calibrates "confident".
+    pub folds: usize,
+    /// Confident answers must be right this often on out-of-fold photos
+    /// (a setting chosen on `val`: see `Default`).
+    pub precision: f64,
+}
+
+impl Default for KindOptions {
+    /// Chosen on the grocery-store `val` photos (README, "Real photos").
+    fn default() -> Self {
+        Self {
+            logistic: LogisticOptions {
+                l2: 1e-2,
+                ..LogisticOptions::default()
+            },
+            studio_per_class: 10,
+            folds: 5,
+            // Out-of-fold photos of one shop score higher than photos of
+            // another day (0.93 against 0.77 top-1): asking 0.99 of them
+            // keeps ≥ 0.95 right on `val`, at half the photos confident.
+            precision: 0.99,
+        }
+    }
+}
+
+/// What the kind head scored on real photos it did not see (out of fold).
+#[derive(Debug, Clone, Serialize)]
+pub struct KindMetrics {
+    pub photos: usize,
+    pub studio_rows: usize,
+    pub kinds: Vec<String>,
+    pub folds: usize,
+    pub top1: f64,
+    pub top3: f64,
+    pub confidence: Confidence,
+    /// Share of photos answered confidently, and how often those were right.
+    pub confident: f64,
+    pub right_when_confident: f64,
+    /// Recall per kind that has photos.
+    pub recall: BTreeMap<String, f64>,
+    pub train_seconds: f64,
+    /// On the studio test split, as served (the gated mixture): the kind's
+    /// accuracy and the variety's.
+    pub studio_kind_accuracy: f64,
+    pub studio_served_accuracy: f64,
+}
+
+/// Checks that every folder under each real-photo URI is a catalogue kind,
+/// before any work: a typo must not cost a featurize run.
+pub async fn check_photo_folders(uris: &[String]) -> Result<(), Error> {
+    let catalog = Catalog::embedded();
+    for uri in uris {
+        let location = Location::parse(uri)?;
+        let folders = list_folders(&location).await?;
+        if folders.is_empty() {
+            return Err(Error::NoKindFolders(location.uri()));
+        }
+        let unknown: Vec<String> = folders.into_iter().filter(|f| !catalog.is_kind(f)).collect();
+        if !unknown.is_empty() {
+            let examples: Vec<&str> = catalog.kinds().take(4).map(|k| k.id.as_str()).collect();
+            return Err(Error::UnknownKinds {
+                uri: location.uri(),
+                unknown,
+                examples: examples.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Trains the kind head on reduced photo rows (labelled by kind) and reduced
+/// studio rows (labelled by class, `classes` being the bundle's classes).
+pub fn train_kind_head(
+    photos: &Rows,
+    studio: &Rows,
+    classes: &[String],
+    opts: &KindOptions,
+) -> Result<(KindHead, KindMetrics), Error> {
+    let started = Instant::now();
+    let catalog = Catalog::embedded();
+    let class_kinds: Vec<String> = classes
+        .iter()
+        .map(|c| catalog.get(c).map_or_else(String::new, |f| f.kind.clone()))
+        .collect();
+    let picked = spread_per_class(studio, opts.studio_per_class);
+    let mut kinds: Vec<String> = photos.labels.clone();
+    kinds.extend(
+        picked
+            .iter()
+            .filter_map(|&i| catalog.get(&studio.labels[i]).map(|f| f.kind.clone())),
+    );
+    kinds.sort();
+    kinds.dedup();
+    let index = |kind: &str| kinds.binary_search_by(|k| k.as_str().cmp(kind)).ok();
+    // Photos first: they are the rows out-of-fold scoring judges.
+    let (mut x, mut y) = (photos.x.clone(), Vec::with_capacity(photos.len() + picked.len()));
+    y.extend(
+        photos
+            .labels
+            .iter()
+            .map(|k| index(k).expect("a photo's kind is listed") as u32),
+    );
+    for &i in &picked {
+        let Some(k) = catalog.get(&studio.labels[i]).and_then(|f| index(&f.kind)) else {
+            continue;
+        };
+        x.extend_from_slice(&studio.x[i * studio.dim..(i + 1) * studio.dim]);
+        y.push(k as u32);
+    }
+    let data = Samples::new(photos.dim, &x, &y, kinds.len())?;
+    let fit = |s: &Samples| -> Result<Classifier, fruits_classify::Error> {
+        Ok(Classifier::LogisticRegression(LogisticRegression::fit(
+            s,
+            opts.logistic,
+        )?))
+    };
+    let oof = out_of_fold(&data, photos.len(), opts.folds, fit)?;
+    let truth = &y[..photos.len()];
+    let evaluation = evaluate(truth, &oof, kinds.len());
+    let answers = top1_answers(truth, &oof, kinds.len());
+    let confidence = calibrate_precision(&answers, opts.precision);
+    let (confident, right_when_confident) = confident_and_right(&answers, confidence.min_probability);
+    let classifier = fit(&data)?;
+    let domain = fit_domain(&data, photos.len(), opts)?;
+    let metrics = KindMetrics {
+        photos: photos.len(),
+        studio_rows: y.len() - photos.len(),
+        folds: opts.folds,
+        top1: evaluation.accuracy,
+        top3: top_k_accuracy(truth, &oof, kinds.len(), 3),
+        confidence,
+        confident,
+        right_when_confident,
+        recall: kinds
+            .iter()
+            .zip(&evaluation.per_class)
+            .filter(|(_, m)| m.support > 0)
+            .map(|(k, m)| (k.clone(), m.recall))
+            .collect(),
+        kinds: kinds.clone(),
+        train_seconds: started.elapsed().as_secs_f64(),
+        studio_kind_accuracy: f64::NAN,
+        studio_served_accuracy: f64::NAN,
+    };
+    tracing::info!(
+        photos = metrics.photos,
+        top1 = metrics.top1,
+        top3 = metrics.top3,
+        confident = metrics.confident,
+        right_when_confident = metrics.right_when_confident,
+        "kind head trained (out-of-fold figures)"
+    );
+    Ok((
+        KindHead::new(kinds, &class_kinds, classifier, domain, Some(confidence)),
+        metrics,
+    ))
+}
+
+/// The gate: the first `photos` rows of `data` are real photos (0), the rest
+/// studio shots (1).
+fn fit_domain(data: &Samples, photos: usize, opts: &KindOptions) -> Result<Classifier, Error> {
+    let y: Vec<u32> = (0..data.len()).map(|i| u32::from(i >= photos)).collect();
+    let samples = Samples::new(data.dim, data.x, &y, 2)?;
+    Ok(Classifier::LogisticRegression(LogisticRegression::fit(
+        &samples,
+        opts.logistic,
+    )?))
+}
+
+/// Scores the kind head on studio rows of known classes (the test split):
+/// fills `studio_kind_accuracy` and `studio_served_accuracy`, so that a run
+/// shows whether answering the kind first costs the varieties anything.
+pub fn score_on_studio(
+    head: &KindHead,
+    variety: &Classifier,
+    test: &Rows,
+    classes: &[String],
+    metrics: &mut KindMetrics,
+) -> Result<(), Error> {
+    let (y, x, _) = test.indexed(classes);
+    if y.is_empty() {
+        return Ok(());
+    }
+    let kind_p = head.classifier.predict_proba(test.dim, &x)?;
+    let class_p = variety.predict_proba(test.dim, &x)?;
+    let domain = head.domain.predict_proba(test.dim, &x)?;
+    let (c, k) = (classes.len(), head.kinds.len());
+    let (mut kind_right, mut served_right) = (0usize, 0usize);
+    for (((&t, cp), kp), d) in y
+        .iter()
+        .zip(class_p.chunks(c))
+        .zip(kind_p.chunks(k))
+        .zip(domain.chunks(2))
+    {
+        let a = head.answer(kp, cp, d[1]);
+        let truth_kind = head.class_kind[t as usize];
+        kind_right += usize::from(truth_kind == Some(fruits_common::top_k(&a.kinds, 1)[0]));
+        served_right += usize::from(fruits_common::top_k(&a.classes, 1)[0] == t as usize);
+    }
+    metrics.studio_kind_accuracy = kind_right as f64 / y.len() as f64;
+    metrics.studio_served_accuracy = served_right as f64 / y.len() as f64;
+    Ok(())
+}
+
+/// Up to `n` row indices per label, evenly spread over each label's rows
+/// (rows are sorted by path, so this spans a class's sessions).
+fn spread_per_class(rows: &Rows, n: usize) -> Vec<usize> {
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, label) in rows.labels.iter().enumerate() {
+        by_label.entry(label).or_default().push(i);
+    }
+    by_label
+        .values()
+        .flat_map(|all| {
+            let take = n.min(all.len());
+            (0..take).map(move |j| all[j * all.len() / take.max(1)])
+        })
+        .collect()
+}
+
+fn top_k_accuracy(truth: &[u32], proba: &[f32], classes: usize, k: usize) -> f64 {
+    let hits = truth
+        .iter()
+        .zip(proba.chunks(classes))
+        .filter(|(&t, p)| fruits_common::top_k(p, k).contains(&(t as usize)))
+        .count();
+    hits as f64 / truth.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn studio_rows_are_picked_evenly_and_at_most_n_per_class() {
+        let rows = Rows {
+            dim: 1,
+            paths: (0..13).map(|i| format!("{i:02}")).collect(),
+            labels: (0..13).map(|i| if i < 10 { "A".into() } else { "B".into() }).collect(),
+            x: vec![0.0; 13],
+        };
+        assert_eq!(spread_per_class(&rows, 2), vec![0, 5, 10, 11]);
+        assert_eq!(spread_per_class(&rows, 0), Vec::<usize>::new());
+    }
+
+    #[tokio::test]
+    async fn real_photo_folders_must_be_catalogue_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        for folder in ["apple", "tomato"] {
+            std::fs::create_dir(dir.path().join(folder)).unwrap();
+            std::fs::write(dir.path().join(folder).join("a.jpg"), b"x").unwrap();
+        }
+        let uri = dir.path().display().to_string();
+        check_photo_folders(std::slice::from_ref(&uri)).await.unwrap();
+
+        std::fs::create_dir(dir.path().join("Apple Braeburn 1")).unwrap();
+        std::fs::write(dir.path().join("Apple Braeburn 1/a.jpg"), b"x").unwrap();
+        let err = check_photo_folders(&[uri]).await.unwrap_err().to_string();
+        assert!(err.contains("(Apple Braeburn 1)"), "{err}");
+        assert!(err.contains("not a catalogue kind") && err.contains("apple"), "{err}");
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = check_photo_folders(&[empty.path().display().to_string()])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no <kind>/ folders"), "{err}");
+    }
+}
