@@ -96,7 +96,8 @@ pub async fn check_photo_folders(uris: &[String]) -> Result<(), Error> {
 }
 
 /// Trains the kind head on reduced photo rows (labelled by kind) and reduced
-/// studio rows (labelled by class, `classes` being the bundle's classes).
+/// studio rows (labelled by class, `classes` being the bundle's classes):
+/// all of `studio`, so pass [`studio_sample`] of the training split.
 pub fn train_kind_head(
     photos: &Rows,
     studio: &Rows,
@@ -109,26 +110,26 @@ pub fn train_kind_head(
         .iter()
         .map(|c| catalog.get(c).map_or_else(String::new, |f| f.kind.clone()))
         .collect();
-    let picked = spread_per_class(studio, opts.studio_per_class);
     let mut kinds: Vec<String> = photos.labels.clone();
     kinds.extend(
-        picked
+        studio
+            .labels
             .iter()
-            .filter_map(|&i| catalog.get(&studio.labels[i]).map(|f| f.kind.clone())),
+            .filter_map(|l| catalog.get(l).map(|f| f.kind.clone())),
     );
     kinds.sort();
     kinds.dedup();
     let index = |kind: &str| kinds.binary_search_by(|k| k.as_str().cmp(kind)).ok();
     // Photos first: they are the rows out-of-fold scoring judges.
-    let (mut x, mut y) = (photos.x.clone(), Vec::with_capacity(photos.len() + picked.len()));
+    let (mut x, mut y) = (photos.x.clone(), Vec::with_capacity(photos.len() + studio.len()));
     y.extend(
         photos
             .labels
             .iter()
             .map(|k| index(k).expect("a photo's kind is listed") as u32),
     );
-    for &i in &picked {
-        let Some(k) = catalog.get(&studio.labels[i]).and_then(|f| index(&f.kind)) else {
+    for (i, label) in studio.labels.iter().enumerate() {
+        let Some(k) = catalog.get(label).and_then(|f| index(&f.kind)) else {
             continue;
         };
         x.extend_from_slice(&studio.x[i * studio.dim..(i + 1) * studio.dim]);
@@ -229,6 +230,24 @@ pub fn score_on_studio(
     Ok(())
 }
 
+/// The studio rows the kind head learns from: up to `n` per class, evenly
+/// spread over each class's rows (sorted by path, so spanning its sessions).
+/// A copy of these few rows, not of the whole training split, is what goes
+/// to the training thread.
+pub fn studio_sample(rows: &Rows, n: usize) -> Rows {
+    let picked = spread_per_class(rows, n);
+    let d = rows.dim;
+    Rows {
+        dim: d,
+        paths: picked.iter().map(|&i| rows.paths[i].clone()).collect(),
+        labels: picked.iter().map(|&i| rows.labels[i].clone()).collect(),
+        x: picked
+            .iter()
+            .flat_map(|&i| rows.x[i * d..(i + 1) * d].to_vec())
+            .collect(),
+    }
+}
+
 /// Up to `n` row indices per label, evenly spread over each label's rows
 /// (rows are sorted by path, so this spans a class's sessions).
 fn spread_per_class(rows: &Rows, n: usize) -> Vec<usize> {
@@ -268,6 +287,9 @@ mod tests {
         };
         assert_eq!(spread_per_class(&rows, 2), vec![0, 5, 10, 11]);
         assert_eq!(spread_per_class(&rows, 0), Vec::<usize>::new());
+        let sample = studio_sample(&rows, 2);
+        assert_eq!(sample.paths, ["00", "05", "10", "11"]);
+        assert_eq!((sample.labels.len(), sample.x.len(), sample.dim), (4, 4, 1));
     }
 
     #[tokio::test]

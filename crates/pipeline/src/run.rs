@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::featurize::{run_on, FeaturizeJob, Summary};
 use crate::job::JobContext;
-use crate::kinds::{check_photo_folders, score_on_studio, train_kind_head, KindMetrics};
+use crate::kinds::{check_photo_folders, score_on_studio, studio_sample, train_kind_head, KindMetrics};
 use crate::learn::{fit_pca, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows, Scored};
 use crate::{Error, Progress};
 
@@ -161,12 +161,9 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         true => None,
         false => {
             stages.start("train kinds", progress);
-            let (photos, train, classes, opts) = (
-                projected.photos,
-                learned.rows.clone(),
-                learned.classes.clone(),
-                job.learn.kinds,
-            );
+            let opts = job.learn.kinds;
+            let (photos, classes) = (projected.photos, learned.classes.clone());
+            let train = studio_sample(&learned.rows, opts.studio_per_class);
             let trained = tokio::task::spawn_blocking(move || train_kind_head(&photos, &train, &classes, &opts))
                 .await
                 .map_err(|e| Error::Training(e.to_string()))??;

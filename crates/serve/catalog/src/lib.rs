@@ -92,29 +92,17 @@ pub struct Fruit {
 impl Fruit {
     /// The one-line description in `lang` (`fr`, else English).
     pub fn description(&self, lang: &str) -> &str {
-        if lang.starts_with("fr") {
-            &self.description_fr
-        } else {
-            &self.description_en
-        }
+        in_lang(lang, &self.description_en, &self.description_fr)
     }
 
     /// The main harvest season in `lang` (`fr`, else English).
     pub fn season(&self, lang: &str) -> &str {
-        if lang.starts_with("fr") {
-            &self.season_fr
-        } else {
-            &self.season_en
-        }
+        in_lang(lang, &self.season_en, &self.season_fr)
     }
 
     /// The display name in `lang` (`fr`, else English).
     pub fn name(&self, lang: &str) -> &str {
-        if lang.starts_with("fr") {
-            &self.name_fr
-        } else {
-            &self.name_en
-        }
+        in_lang(lang, &self.name_en, &self.name_fr)
     }
 }
 
@@ -138,29 +126,26 @@ pub struct KindFacts {
 impl KindFacts {
     /// The display name in `lang` (`fr`, else English).
     pub fn name(&self, lang: &str) -> &str {
-        if lang.starts_with("fr") {
-            &self.name_fr
-        } else {
-            &self.name_en
-        }
+        in_lang(lang, &self.name_en, &self.name_fr)
     }
 
     /// The one-line description in `lang` (`fr`, else English).
     pub fn description(&self, lang: &str) -> &str {
-        if lang.starts_with("fr") {
-            &self.description_fr
-        } else {
-            &self.description_en
-        }
+        in_lang(lang, &self.description_en, &self.description_fr)
     }
 
     /// The main harvest season in `lang` (`fr`, else English).
     pub fn season(&self, lang: &str) -> &str {
-        if lang.starts_with("fr") {
-            &self.season_fr
-        } else {
-            &self.season_en
-        }
+        in_lang(lang, &self.season_en, &self.season_fr)
+    }
+}
+
+/// `fr` when `lang` is French, else `en`: one rule for every text of the catalogue.
+fn in_lang<'a>(lang: &str, en: &'a str, fr: &'a str) -> &'a str {
+    if lang.starts_with("fr") {
+        fr
+    } else {
+        en
     }
 }
 

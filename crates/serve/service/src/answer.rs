@@ -2,7 +2,7 @@
 //! `POST /v1/identify` and of the catalogue, with their OpenAPI schemas.
 //! Plain data: no decoding, no model, no HTTP status here.
 
-use fruits_catalog::{Fruit, KindFacts, Lang};
+use fruits_catalog::{Fruit, KindFacts, Lang, Nutrition};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -41,9 +41,19 @@ pub struct Per100g {
     pub vitamin_c_mg: f64,
 }
 
+impl From<&Nutrition> for Per100g {
+    fn from(n: &Nutrition) -> Self {
+        Self {
+            kcal: n.kcal,
+            carbohydrates_g: n.carbohydrates_g,
+            fibre_g: n.fibre_g,
+            vitamin_c_mg: n.vitamin_c_mg,
+        }
+    }
+}
+
 impl FruitFacts {
     pub fn new(fruit: &Fruit, lang: Lang) -> Self {
-        let n = &fruit.per_100g;
         Self {
             label: fruit.label.clone(),
             name: fruit.name(lang.code()).to_string(),
@@ -55,12 +65,7 @@ impl FruitFacts {
             family: fruit.family.clone(),
             description: fruit.description(lang.code()).to_string(),
             season: fruit.season(lang.code()).to_string(),
-            per_100g: Per100g {
-                kcal: n.kcal,
-                carbohydrates_g: n.carbohydrates_g,
-                fibre_g: n.fibre_g,
-                vitamin_c_mg: n.vitamin_c_mg,
-            },
+            per_100g: Per100g::from(&fruit.per_100g),
         }
     }
 }
@@ -93,7 +98,6 @@ pub struct Names {
 
 impl Kind {
     pub fn new(kind: &KindFacts, probability: f32, lang: Lang) -> Self {
-        let n = &kind.per_100g;
         Self {
             id: kind.id.clone(),
             name: kind.name(lang.code()).to_string(),
@@ -106,12 +110,7 @@ impl Kind {
             family: kind.family.clone(),
             description: kind.description(lang.code()).to_string(),
             season: kind.season(lang.code()).to_string(),
-            per_100g: Per100g {
-                kcal: n.kcal,
-                carbohydrates_g: n.carbohydrates_g,
-                fibre_g: n.fibre_g,
-                vitamin_c_mg: n.vitamin_c_mg,
-            },
+            per_100g: Per100g::from(&kind.per_100g),
         }
     }
 }
