@@ -81,6 +81,7 @@ async fn one(opts: &ClusterBenchOptions, executors: usize) -> Result<ClusterRow,
         parallelism: executors * opts.slots,
         cluster: Some(format!("df://127.0.0.1:{port}")),
         sorted: false,
+        views: None,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     let started = Instant::now();

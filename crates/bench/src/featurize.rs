@@ -170,6 +170,7 @@ async fn end_to_end(opts: &BenchOptions, size: u32, n: usize) -> Result<f64, Err
         parallelism: fruits_engine::cores(),
         cluster: None,
         sorted: false,
+        views: None,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     fruits_pipeline::featurize::run(&job, &progress).await?; // warm-up: engine, sessions

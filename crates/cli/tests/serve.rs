@@ -88,13 +88,13 @@ fn held_out_photos_are_named_with_facts_in_english_and_french() {
 }
 
 /// Floors on the grocery-store `val` photos for the [`trained_run`] model
-/// (12 studio classes and the `train` photos), a little under what it scored
-/// when they were set: top-1 79.0 %, top-3 96.3 %, confident 51.9 %, right
-/// when confident 95.2 % (one photo is 0.6 %).
-const VAL_TOP1: f64 = 0.76;
-const VAL_TOP3: f64 = 0.95;
+/// (12 studio classes, the `train` photos and 4 views of each), a little
+/// under what it scored when they were set: top-1 80.2 %, top-3 95.1 %,
+/// confident 52.5 %, right when confident 95.3 % (one photo is 0.6 %).
+const VAL_TOP1: f64 = 0.78;
+const VAL_TOP3: f64 = 0.93;
 const VAL_RIGHT_WHEN_CONFIDENT: f64 = 0.93;
-const VAL_CONFIDENT: f64 = 0.45;
+const VAL_CONFIDENT: f64 = 0.48;
 
 #[test]
 #[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
@@ -110,6 +110,13 @@ fn real_photos_get_their_kind_first_and_val_holds_its_floors() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["photos"], 162, "{r}");
     let figure = |name: &str| r[name].as_f64().unwrap();
+    eprintln!(
+        "val: top-1 {:.3}, top-3 {:.3}, confident {:.3}, right when confident {:.3}",
+        figure("top1"),
+        figure("top3"),
+        figure("confident"),
+        figure("right_when_confident")
+    );
     assert!(figure("top1") >= VAL_TOP1, "{r}");
     assert!(figure("top3") >= VAL_TOP3, "{r}");
     assert!(figure("right_when_confident") >= VAL_RIGHT_WHEN_CONFIDENT, "{r}");

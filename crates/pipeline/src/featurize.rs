@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{ArrayRef, AsArray, FixedSizeListArray, RecordBatch, StringArray, StructArray};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, FixedSizeListArray, Int32Array, RecordBatch, StringArray, StructArray,
+};
 use datafusion::arrow::compute::{cast, filter, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::FunctionRegistry;
@@ -47,6 +49,17 @@ pub struct FeaturizeJob {
     /// sorted partition at once on one executor (1067 MiB at 50,889 images,
     /// against 530 MiB unsorted), so it is off by default.
     pub sorted: bool,
+    /// Featurize this many seeded training views of each image instead of
+    /// the image itself (see `fruits_preprocess::view`); the rows get a
+    /// `view` column (1..=n) and keep the image's path.
+    pub views: Option<TrainingViews>,
+}
+
+/// How many training views per image, and the seed that makes them reproducible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainingViews {
+    pub per_image: u32,
+    pub seed: u64,
 }
 
 /// The run summary: printed, and written as `_SUCCESS`.
@@ -110,7 +123,7 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
     // In-process, the executor's counter drives the bar; a remote cluster's does not reach us.
     let quiet: Arc<dyn Progress> = Arc::new(crate::NoProgress);
     let engine_progress = if job.cluster.is_none() { progress } else { &quiet };
-    let engine = featurize_and_write(&cx, &listing, &model, job.sorted, engine_progress).await;
+    let engine = featurize_and_write(&cx, &listing, &model, job, engine_progress).await;
     output::remove_prefix(&cx.out, &staging).await;
     finish(&cx, job, &input, model, listing, engine?, started).await
 }
@@ -234,13 +247,16 @@ async fn write_manifest(
     progress: &Arc<dyn Progress>,
 ) -> Result<(usize, u64), Error> {
     let limit = job.limit.unwrap_or(usize::MAX);
-    let mut chunks = list_images(input).take(limit).try_chunks(job.rows_per_task.max(1));
+    let views = job.views.map_or(0, |v| v.per_image);
+    // A task holds about `rows_per_task` rows, views included.
+    let per_task = (job.rows_per_task / views.max(1) as usize).max(1);
+    let mut chunks = list_images(input).take(limit).try_chunks(per_task);
     let (mut count, mut part, mut total_bytes) = (0, 0, 0u64);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| e.1)?;
-        count += chunk.len();
-        total_bytes += chunk.iter().map(|e| e.size).sum::<u64>();
-        let bytes = manifest_parquet(&chunk)?;
+        count += chunk.len() * views.max(1) as usize;
+        total_bytes += chunk.iter().map(|e| e.size).sum::<u64>() * u64::from(views.max(1));
+        let bytes = manifest_parquet(&chunk, views)?;
         output::put(
             &staging.store,
             &staging.child(&format!("part-{part:05}.parquet")),
@@ -253,17 +269,33 @@ async fn write_manifest(
     Ok((count, total_bytes))
 }
 
-fn manifest_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+fn manifest_schema(views: bool) -> SchemaRef {
+    let mut fields = vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, false),
-    ]))
+    ];
+    if views {
+        fields.push(Field::new("view", DataType::Int32, false));
+    }
+    Arc::new(Schema::new(fields))
 }
 
-fn manifest_parquet(entries: &[ImageEntry]) -> Result<Vec<u8>, Error> {
-    let paths = StringArray::from_iter_values(entries.iter().map(|e| e.uri.to_string()));
-    let labels = StringArray::from_iter_values(entries.iter().map(|e| e.label.as_str()));
-    let batch = RecordBatch::try_new(manifest_schema(), vec![Arc::new(paths), Arc::new(labels)])?;
+/// One row per image, or with `views` > 0 one row per view (1..=views).
+fn manifest_parquet(entries: &[ImageEntry], views: u32) -> Result<Vec<u8>, Error> {
+    let rows: Vec<(&ImageEntry, i32)> = match views {
+        0 => entries.iter().map(|e| (e, 0)).collect(),
+        n => entries
+            .iter()
+            .flat_map(|e| (1..=n as i32).map(move |v| (e, v)))
+            .collect(),
+    };
+    let paths = StringArray::from_iter_values(rows.iter().map(|(e, _)| e.uri.to_string()));
+    let labels = StringArray::from_iter_values(rows.iter().map(|(e, _)| e.label.as_str()));
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(paths), Arc::new(labels)];
+    if views > 0 {
+        columns.push(Arc::new(Int32Array::from_iter_values(rows.iter().map(|(_, v)| *v))));
+    }
+    let batch = RecordBatch::try_new(manifest_schema(views > 0), columns)?;
     let mut bytes = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), None)?;
     writer.write(&batch)?;
@@ -272,11 +304,22 @@ fn manifest_parquet(entries: &[ImageEntry]) -> Result<Vec<u8>, Error> {
 }
 
 pub fn features_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    Arc::new(Schema::new(features_fields()))
+}
+
+fn features_fields() -> Vec<Field> {
+    vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, false),
         Field::new("features", features_type(), false),
-    ]))
+    ]
+}
+
+/// [`features_schema`] with the `view` column of a job with training views.
+pub fn view_features_schema() -> SchemaRef {
+    let mut fields = features_fields();
+    fields.push(Field::new("view", DataType::Int32, false));
+    Arc::new(Schema::new(fields))
 }
 
 pub fn errors_schema() -> SchemaRef {
@@ -296,10 +339,11 @@ async fn featurize_and_write(
     cx: &JobContext<'_>,
     listing: &Listing,
     model: &ModelRef,
-    sorted: bool,
+    job: &FeaturizeJob,
     progress: &Arc<dyn Progress>,
 ) -> Result<Engine, Error> {
     let t = Instant::now();
+    let sorted = job.sorted;
     let before = STATS.snapshot();
     let ctx = cx.ctx;
     let listed = listing.images;
@@ -319,12 +363,20 @@ async fn featurize_and_write(
     let folder = format!("{}/", listing.dir.uri());
     let table = ctx.read_parquet(folder, ParquetReadOptions::default()).await?;
     let udf = ctx.udf(fruits_functions::featurize::NAME)?;
-    let call = udf.call(vec![
+    let mut args = vec![
         col("path"),
         lit(i64::from(input_size)),
         lit(manifest.onnx.sha256.clone()),
-    ]);
-    let mut df = table.select(vec![col("path"), col("label"), call.alias("r")])?;
+    ];
+    let mut columns = vec![col("path"), col("label")];
+    if let Some(views) = job.views {
+        args.extend([col("view"), lit(views.seed as i64)]);
+    }
+    columns.push(udf.call(args).alias("r"));
+    if job.views.is_some() {
+        columns.push(col("view"));
+    }
+    let mut df = table.select(columns)?;
     if sorted {
         df = df.sort(vec![col("path").sort(true, false)])?;
     }
@@ -333,7 +385,11 @@ async fn featurize_and_write(
         KeyValue::new("fruits.model_sha256".into(), manifest.onnx.sha256.clone()),
         KeyValue::new("fruits.input_size".into(), input_size.to_string()),
     ];
-    let mut features = cx.part_writer("features", features_schema(), metadata.clone());
+    let schema = match job.views {
+        Some(_) => view_features_schema(),
+        None => features_schema(),
+    };
+    let mut features = cx.part_writer("features", schema, metadata.clone());
     let mut errors = cx.part_writer("errors", errors_schema(), metadata);
 
     let start = PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
@@ -418,10 +474,17 @@ fn split(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch), Error> {
         kept.values().clone(),
         None,
     )?;
-    let good: Vec<ArrayRef> = vec![filter(&path, &ok)?, filter(&label, &ok)?, Arc::new(dense)];
+    let mut good: Vec<ArrayRef> = vec![filter(&path, &ok)?, filter(&label, &ok)?, Arc::new(dense)];
+    let schema = match batch.num_columns() {
+        4 => {
+            good.push(filter(&cast(batch.column(3), &DataType::Int32)?, &ok)?);
+            view_features_schema()
+        }
+        _ => features_schema(),
+    };
     let bad: Vec<ArrayRef> = vec![filter(&path, &failed)?, filter(error.as_ref(), &failed)?];
     Ok((
-        RecordBatch::try_new(features_schema(), good)?,
+        RecordBatch::try_new(schema, good)?,
         RecordBatch::try_new(errors_schema(), bad)?,
     ))
 }

@@ -30,6 +30,10 @@ pub struct KindOptions {
     /// Confident answers must be right this often on out-of-fold photos
     /// (a setting chosen on `val`: see `Default`).
     pub precision: f64,
+    /// Seeded training views (crops, mirrors) learned from per photo, besides
+    /// the photo itself; 0 learns from the photos alone.
+    pub views_per_photo: u32,
+    pub view_seed: u64,
 }
 
 impl Default for KindOptions {
@@ -46,6 +50,9 @@ impl Default for KindOptions {
             // another day (0.93 against 0.77 top-1): asking 0.99 of them
             // keeps ≥ 0.95 right on `val`, at half the photos confident.
             precision: 0.99,
+            // 4 views: val top-1 79 % → 86–88 % in a harness over raw features (README).
+            views_per_photo: 4,
+            view_seed: 0x00F2_0175,
         }
     }
 }
@@ -54,6 +61,8 @@ impl Default for KindOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct KindMetrics {
     pub photos: usize,
+    /// Training views of the photos learned from (never scored).
+    pub views: usize,
     pub studio_rows: usize,
     pub kinds: Vec<String>,
     pub folds: usize,
@@ -95,11 +104,13 @@ pub async fn check_photo_folders(uris: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Trains the kind head on reduced photo rows (labelled by kind) and reduced
-/// studio rows (labelled by class, `classes` being the bundle's classes):
-/// all of `studio`, so pass [`studio_sample`] of the training split.
+/// Trains the kind head on reduced photo rows (labelled by kind), their
+/// training views (rows whose path is a photo's), and reduced studio rows
+/// (labelled by class, `classes` being the bundle's classes): all of
+/// `studio`, so pass [`studio_sample`] of the training split.
 pub fn train_kind_head(
     photos: &Rows,
+    views: &Rows,
     studio: &Rows,
     classes: &[String],
     opts: &KindOptions,
@@ -135,6 +146,7 @@ pub fn train_kind_head(
         x.extend_from_slice(&studio.x[i * studio.dim..(i + 1) * studio.dim]);
         y.push(k as u32);
     }
+    let companions = append_views(photos, views, &index, &mut x, &mut y);
     let data = Samples::new(photos.dim, &x, &y, kinds.len())?;
     let fit = |s: &Samples| -> Result<Classifier, fruits_classify::Error> {
         Ok(Classifier::LogisticRegression(LogisticRegression::fit(
@@ -142,17 +154,18 @@ pub fn train_kind_head(
             opts.logistic,
         )?))
     };
-    let oof = out_of_fold(&data, photos.len(), opts.folds, fit)?;
+    let oof = out_of_fold(&data, photos.len(), &companions, opts.folds, fit)?;
     let truth = &y[..photos.len()];
     let evaluation = evaluate(truth, &oof, kinds.len());
     let answers = top1_answers(truth, &oof, kinds.len());
     let confidence = calibrate_precision(&answers, opts.precision);
     let (confident, right_when_confident) = confident_and_right(&answers, confidence.min_probability);
     let classifier = fit(&data)?;
-    let domain = fit_domain(&data, photos.len(), opts)?;
+    let domain = fit_domain(&data, photos.len(), &companions, opts)?;
     let metrics = KindMetrics {
         photos: photos.len(),
-        studio_rows: y.len() - photos.len(),
+        views: companions.len(),
+        studio_rows: y.len() - photos.len() - companions.len(),
         folds: opts.folds,
         top1: evaluation.accuracy,
         top3: top_k_accuracy(truth, &oof, kinds.len(), 3),
@@ -184,10 +197,39 @@ pub fn train_kind_head(
     ))
 }
 
-/// The gate: the first `photos` rows of `data` are real photos (0), the rest
-/// studio shots (1).
-fn fit_domain(data: &Samples, photos: usize, opts: &KindOptions) -> Result<Classifier, Error> {
-    let y: Vec<u32> = (0..data.len()).map(|i| u32::from(i >= photos)).collect();
+/// Appends the views of known photos (matched by path) after the rows in
+/// `x`, `y`, labelled with their photo's kind; returns `(row, photo)` pairs
+/// for the out-of-fold split. Views of no listed photo are left out.
+fn append_views(
+    photos: &Rows,
+    views: &Rows,
+    index: &dyn Fn(&str) -> Option<usize>,
+    x: &mut Vec<f32>,
+    y: &mut Vec<u32>,
+) -> Vec<(usize, usize)> {
+    let photo_of: BTreeMap<&str, usize> = photos.paths.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
+    let mut companions = Vec::with_capacity(views.len());
+    for (i, path) in views.paths.iter().enumerate() {
+        let Some((&photo, kind)) = photo_of.get(path.as_str()).zip(index(&views.labels[i])) else {
+            continue;
+        };
+        companions.push((y.len(), photo));
+        x.extend_from_slice(&views.x[i * views.dim..(i + 1) * views.dim]);
+        y.push(kind as u32);
+    }
+    companions
+}
+
+/// The gate: the first `photos` rows of `data` and their views are real
+/// photos (0), the rest studio shots (1).
+fn fit_domain(
+    data: &Samples,
+    photos: usize,
+    views: &[(usize, usize)],
+    opts: &KindOptions,
+) -> Result<Classifier, Error> {
+    let mut y: Vec<u32> = (0..data.len()).map(|i| u32::from(i >= photos)).collect();
+    views.iter().for_each(|&(row, _)| y[row] = 0);
     let samples = Samples::new(data.dim, data.x, &y, 2)?;
     Ok(Classifier::LogisticRegression(LogisticRegression::fit(
         &samples,
@@ -290,6 +332,33 @@ mod tests {
         let sample = studio_sample(&rows, 2);
         assert_eq!(sample.paths, ["00", "05", "10", "11"]);
         assert_eq!((sample.labels.len(), sample.x.len(), sample.dim), (4, 4, 1));
+    }
+
+    #[test]
+    fn views_join_their_photo_by_path_and_take_its_kind() {
+        let rows = |paths: &[&str], labels: &[&str], x: &[f32]| Rows {
+            dim: 1,
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            x: x.to_vec(),
+        };
+        let photos = rows(&["a.jpg", "b.jpg"], &["apple", "tomato"], &[1.0, 2.0]);
+        let views = rows(
+            &["a.jpg", "a.jpg", "b.jpg", "gone.jpg"],
+            &["apple", "apple", "tomato", "apple"],
+            &[10.0, 11.0, 20.0, 99.0],
+        );
+        let kinds = ["apple", "tomato"];
+        let index = |k: &str| kinds.iter().position(|x| *x == k);
+        let (mut x, mut y) = (photos.x.clone(), vec![0, 1]);
+        let companions = append_views(&photos, &views, &index, &mut x, &mut y);
+        assert_eq!(
+            companions,
+            [(2, 0), (3, 0), (4, 1)],
+            "the view of no listed photo is left out"
+        );
+        assert_eq!(x, [1.0, 2.0, 10.0, 11.0, 20.0]);
+        assert_eq!(y, [0, 1, 0, 0, 1]);
     }
 
     #[tokio::test]

@@ -411,6 +411,7 @@ pub async fn evaluate_bundle(
                 parallelism: opts.parallelism,
                 cluster: None,
                 sorted: false,
+                views: None,
             };
             let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
             crate::featurize::run_on(&ctx, &job, &quiet).await?;

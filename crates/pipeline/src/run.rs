@@ -28,7 +28,7 @@ use fruits_storage::{Location, ObjectUri};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::featurize::{run_on, FeaturizeJob, Summary};
+use crate::featurize::{run_on, FeaturizeJob, Summary, TrainingViews};
 use crate::job::JobContext;
 use crate::kinds::{check_photo_folders, score_on_studio, studio_sample, train_kind_head, KindMetrics};
 use crate::learn::{fit_pca, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows, Scored};
@@ -154,6 +154,8 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
     let projected = project_and_write(&cx, job, &pca_model, job.featurize.sorted).await?;
     let errors = write_errors(&cx, job).await?;
 
+    let views = project_views(&cx, job, &pca_model).await?;
+
     stages.start("train", progress);
     let learned = train_off_runtime(projected.train, job.learn).await?;
 
@@ -164,9 +166,10 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
             let opts = job.learn.kinds;
             let (photos, classes) = (projected.photos, learned.classes.clone());
             let train = studio_sample(&learned.rows, opts.studio_per_class);
-            let trained = tokio::task::spawn_blocking(move || train_kind_head(&photos, &train, &classes, &opts))
-                .await
-                .map_err(|e| Error::Training(e.to_string()))??;
+            let trained =
+                tokio::task::spawn_blocking(move || train_kind_head(&photos, &views, &train, &classes, &opts))
+                    .await
+                    .map_err(|e| Error::Training(e.to_string()))??;
             Some(trained)
         }
     };
@@ -234,16 +237,40 @@ async fn featurize_splits(
     progress: &Arc<dyn Progress>,
 ) -> Result<BTreeMap<String, Summary>, Error> {
     let mut featurized = BTreeMap::new();
-    for (split, input) in splits(job) {
+    let views = Some(training_views(job));
+    let all = splits(job).into_iter().map(|s| (s, None));
+    for ((split, input), views) in all.chain(view_splits(job).into_iter().map(|s| (s, views))) {
         stages.start(&format!("featurize {split}"), progress);
         let fj = FeaturizeJob {
             input: input.clone(),
             output: work(cx, &split),
+            views,
             ..job.featurize.clone()
         };
         featurized.insert(split.to_string(), run_on(cx.ctx, &fj, progress).await?);
     }
     Ok(featurized)
+}
+
+fn training_views(job: &RunJob) -> TrainingViews {
+    TrainingViews {
+        per_image: job.learn.kinds.views_per_photo,
+        seed: job.learn.kinds.view_seed,
+    }
+}
+
+/// The training views of the real photos, `views-N` per `--photos`: scratch
+/// only (the kind head learns from them; `features/` keeps one row per image).
+fn view_splits(job: &RunJob) -> Vec<(String, &String)> {
+    match job.learn.kinds.views_per_photo {
+        0 => Vec::new(),
+        _ => job
+            .photos
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("views-{i}"), p))
+            .collect(),
+    }
 }
 
 /// Every featurized folder of a run: its scratch name and input. The real
@@ -318,8 +345,7 @@ async fn project_and_write(
     model: &PcaModel<'_>,
     sorted: bool,
 ) -> Result<Projected, Error> {
-    let (ctx, pca) = (cx.ctx, model.pca);
-    let project = ctx.udf(fruits_functions::pca_project::NAME)?;
+    let pca = model.pca;
     let schema = features_schema(pca.k);
     let metadata = vec![
         datafusion::parquet::file::metadata::KeyValue::new("fruits.pca_sha256".into(), model.sha256.clone()),
@@ -336,22 +362,13 @@ async fn project_and_write(
             .iter()
             .position(|s| *s == column)
             .unwrap_or(2)];
-        let call = project.call(vec![
+        let df = projected_split(cx, &split, model).await?.select(vec![
+            col("path"),
+            col("label"),
+            lit(column).alias("split"),
             col("features"),
-            lit(pca.k as i64),
-            lit(model.uri.to_string()),
-            lit(model.sha256.clone()),
-        ]);
-        let df = ctx
-            .read_parquet(format!("{}/features/", work(cx, &split)), ParquetReadOptions::default())
-            .await?
-            .select(vec![
-                col("path"),
-                col("label"),
-                lit(column).alias("split"),
-                col("features"),
-                call.alias("pca"),
-            ])?;
+            col("pca"),
+        ])?;
         let df = if sorted {
             df.sort(vec![col("path").sort(true, false)])?
         } else {
@@ -374,6 +391,49 @@ async fn project_and_write(
         test,
         photos,
     })
+}
+
+/// A featurized split's scratch rows with their `pca` column, on the engine.
+async fn projected_split(
+    cx: &JobContext<'_>,
+    split: &str,
+    model: &PcaModel<'_>,
+) -> Result<datafusion::dataframe::DataFrame, Error> {
+    let project = cx.ctx.udf(fruits_functions::pca_project::NAME)?;
+    let call = project.call(vec![
+        col("features"),
+        lit(model.pca.k as i64),
+        lit(model.uri.to_string()),
+        lit(model.sha256.clone()),
+    ]);
+    let df = cx
+        .ctx
+        .read_parquet(format!("{}/features/", work(cx, split)), ParquetReadOptions::default())
+        .await?;
+    let mut columns: Vec<_> = df
+        .schema()
+        .columns()
+        .into_iter()
+        .map(datafusion::prelude::Expr::Column)
+        .collect();
+    columns.push(call.alias("pca"));
+    Ok(df.select(columns)?)
+}
+
+/// The reduced training views of the real photos, sorted by (path, view):
+/// the kind head's extra rows, in an order that does not depend on the engine.
+async fn project_views(cx: &JobContext<'_>, job: &RunJob, model: &PcaModel<'_>) -> Result<Rows, Error> {
+    let mut rows = Rows::default();
+    for (split, _) in view_splits(job) {
+        let df = projected_split(cx, &split, model)
+            .await?
+            .sort(vec![col("path").sort(true, false), col("view").sort(true, false)])?;
+        let mut stream = df.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            rows.extend(&batch?, "pca")?;
+        }
+    }
+    Ok(rows)
 }
 
 /// Casts a batch's columns to a schema's types (the engine may hand back

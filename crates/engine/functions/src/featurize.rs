@@ -1,7 +1,9 @@
 //! The featurizer as a DataFusion scalar function, run by the engine's executors.
 //!
 //! `featurize(path, input_size, model_sha256)` takes object URIs (see
-//! `fruits-storage`) and returns, per row, a struct `{features, error, worker}`: the
+//! `fruits-storage`); `featurize(path, input_size, model_sha256, view, seed)`
+//! featurizes the `view`-th seeded training view of each image instead
+//! (`fruits_preprocess::view`, 0 being the whole image). Either returns, per row, a struct `{features, error, worker}`: the
 //! 1280-d backbone vector (null for a bad image), why this image could not be
 //! featurized (null for a good one), and the `host:pid` of the executor that
 //! did the work. A bad image
@@ -16,14 +18,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, StringArray, StructArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, StringArray, StructArray};
 use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::Int32Type;
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use fruits_backbone::Backbone;
+use fruits_preprocess::view::View;
 use fruits_preprocess::Spec;
 use fruits_storage::ObjectUri;
 use futures::StreamExt;
@@ -77,10 +81,12 @@ impl Featurize {
         let strings = [DataType::Utf8, DataType::Utf8View, DataType::LargeUtf8];
         let variants = strings
             .iter()
-            .flat_map(|p| {
-                strings
-                    .iter()
-                    .map(move |s| TypeSignature::Exact(vec![p.clone(), DataType::Int64, s.clone()]))
+            .flat_map(|p| strings.iter().map(move |s| (p, s)))
+            .flat_map(|(p, s)| {
+                let whole = vec![p.clone(), DataType::Int64, s.clone()];
+                let mut views = whole.clone();
+                views.extend([DataType::Int32, DataType::Int64]);
+                [TypeSignature::Exact(whole), TypeSignature::Exact(views)]
             })
             .collect();
         Self {
@@ -104,8 +110,10 @@ impl ScalarUDFImpl for Featurize {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [paths, size, sha] = &args.args[..] else {
-            return exec_err!("{NAME} takes (path, input_size, model_sha256)");
+        let (paths, size, sha, views) = match &args.args[..] {
+            [paths, size, sha] => (paths, size, sha, None),
+            [paths, size, sha, view, seed] => (paths, size, sha, Some(views(view, seed, args.number_rows)?)),
+            _ => return exec_err!("{NAME} takes (path, input_size, model_sha256[, view, seed])"),
         };
         let paths = paths.to_array(args.number_rows)?;
         let paths = datafusion::arrow::compute::cast(&paths, &DataType::Utf8)?;
@@ -131,17 +139,46 @@ impl ScalarUDFImpl for Featurize {
             mean: backbone.manifest().input.mean,
             std: backbone.manifest().input.std,
         };
-        let results = featurize_paths(&backbone, paths, &spec)?;
+        let results = featurize_paths(&backbone, paths, views.as_ref(), &spec)?;
         Ok(ColumnarValue::Array(to_struct_array(results)?))
     }
+}
+
+/// The view index of each row and the job's seed.
+struct Views {
+    index: Vec<u32>,
+    seed: u64,
+}
+
+fn views(view: &ColumnarValue, seed: &ColumnarValue, rows: usize) -> Result<Views> {
+    let seed = match seed {
+        ColumnarValue::Scalar(ScalarValue::Int64(Some(s))) => *s as u64,
+        other => return exec_err!("{NAME}: seed must be a constant integer, got {other:?}"),
+    };
+    let view = view.to_array(rows)?;
+    let index = view
+        .as_primitive::<Int32Type>()
+        .iter()
+        .map(|v| u32::try_from(v.unwrap_or(0)).unwrap_or(0))
+        .collect();
+    Ok(Views { index, seed })
 }
 
 fn exec_datafusion(msg: String) -> datafusion::error::DataFusionError {
     datafusion::error::DataFusionError::Execution(format!("{NAME}: {msg}"))
 }
 
-fn featurize_paths(backbone: &Backbone, paths: &StringArray, spec: &Spec) -> Result<Vec<RowResult>> {
+fn featurize_paths(
+    backbone: &Backbone,
+    paths: &StringArray,
+    views: Option<&Views>,
+    spec: &Spec,
+) -> Result<Vec<RowResult>> {
     let uris: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_string)).collect();
+    let view_of = |row: usize| match (views, paths.is_valid(row)) {
+        (Some(v), true) => View::seeded(v.seed, paths.value(row), v.index[row]),
+        _ => View::WHOLE,
+    };
     let t0 = Instant::now();
     let contents = read_all(uris)?;
     STATS
@@ -151,11 +188,16 @@ fn featurize_paths(backbone: &Backbone, paths: &StringArray, spec: &Spec) -> Res
     let mut results: Vec<RowResult> = Vec::with_capacity(contents.len());
     let mut pending: Vec<usize> = Vec::new();
     let mut input: Vec<f32> = Vec::new();
-    for content in contents {
+    for (row, content) in contents.into_iter().enumerate() {
         let t = Instant::now();
+        let view = view_of(row);
         let prepared = content.and_then(|bytes| {
             STATS.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            fruits_preprocess::prepare(&bytes, spec, &mut input).map_err(|e| e.to_string())
+            match view == View::WHOLE {
+                true => fruits_preprocess::prepare(&bytes, spec, &mut input),
+                false => fruits_preprocess::prepare_view(&bytes, &view, spec, &mut input),
+            }
+            .map_err(|e| e.to_string())
         });
         STATS
             .preprocess_ns

@@ -69,3 +69,59 @@ async fn a_job_planned_for_another_model_is_refused() {
         .to_string();
     assert!(err.contains("is not the job's model"), "{err}");
 }
+
+#[tokio::test]
+#[ignore = "needs the installed model (`fruits model install`); scripts/test runs it"]
+async fn training_views_are_reproducible_crops_and_view_zero_is_the_image() {
+    use datafusion::arrow::array::Int32Array;
+    use datafusion::arrow::datatypes::Float32Type;
+    let sha = Manifest::load(&fruits_backbone::default_model_dir())
+        .expect("run `fruits model install`")
+        .onnx
+        .sha256;
+    let path = format!("file://{}", shared_image().display());
+    let ctx = SessionContext::new();
+    let udf = fruits_functions::featurize::udf(fruits_backbone::default_model_dir());
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("view", DataType::Int32, false),
+    ]));
+    let views = [0, 1, 2, 1];
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec![path.clone(); views.len()])),
+            Arc::new(Int32Array::from(views.to_vec())),
+        ],
+    )
+    .unwrap();
+    let call = |args| udf.call(args);
+    let viewed = ctx
+        .read_batch(batch)
+        .unwrap()
+        .select(vec![call(vec![
+            col("path"),
+            lit(224i64),
+            lit(sha.clone()),
+            col("view"),
+            lit(7i64),
+        ])
+        .alias("r")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let r = viewed[0].column(0).as_struct();
+    let f = r.column(0).as_fixed_size_list();
+    let row = |i: usize| f.value(i).as_primitive::<Float32Type>().values().to_vec();
+    let whole = run(vec![path], &sha).await.unwrap();
+    let whole = whole[0].column(0).as_struct().column(0).as_fixed_size_list().value(0);
+    assert_eq!(
+        row(0),
+        whole.as_primitive::<Float32Type>().values().to_vec(),
+        "view 0 is the image"
+    );
+    assert_eq!(row(1), row(3), "a view is a function of (seed, path, index)");
+    assert_ne!(row(1), row(0));
+    assert_ne!(row(1), row(2));
+}

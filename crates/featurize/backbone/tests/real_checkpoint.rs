@@ -6,7 +6,11 @@ use fruits_checkpoint::{read_legacy, DType};
 #[test]
 #[ignore = "needs the installed model (`fruits model install`); scripts/test runs it"]
 fn reads_efficientnet_lite0() {
-    let bytes = fruits_backbone::install::installed_checkpoint(&fruits_backbone::default_model_dir()).unwrap();
+    let bytes = fruits_backbone::install::installed_checkpoint(
+        &fruits_backbone::default_model_dir(),
+        fruits_backbone::install::LITE0,
+    )
+    .unwrap();
     let d = read_legacy(&bytes).unwrap();
     assert_eq!(d.len(), 296);
     assert_eq!(d.iter().next().unwrap().0, "_conv_stem.weight");

@@ -15,11 +15,13 @@
 //!   images;
 //! - normalise: `(rgb - mean) / std`, planar NCHW `f32`.
 //!
-//! [`photo`] decodes large phone photos at a reduced scale for the web service.
+//! [`photo`] decodes large phone photos at a reduced scale for the web service;
+//! [`view`] cuts seeded training views (crops, mirrors) out of real photos.
 //!
 //! Must not depend on a model runtime, an engine or a store: pixels in, tensors out.
 
 pub mod photo;
+pub mod view;
 
 use std::io::Cursor;
 
@@ -75,6 +77,11 @@ impl Spec {
 /// Decodes, resizes and normalises one image, appending its tensor to `out`.
 pub fn prepare(bytes: &[u8], spec: &Spec, out: &mut Vec<f32>) -> Result<(), Error> {
     prepare_decoded(&decode(bytes)?, spec, out)
+}
+
+/// [`prepare`] of one training view of the image (see [`view`]).
+pub fn prepare_view(bytes: &[u8], view: &view::View, spec: &Spec, out: &mut Vec<f32>) -> Result<(), Error> {
+    prepare_decoded(&view.apply(&decode(bytes)?), spec, out)
 }
 
 /// [`prepare`] after decoding: resizes and normalises an image already

@@ -81,10 +81,14 @@ impl<'a> Samples<'a> {
 /// `folds` runs. Rows in order are often shots of one session (photos named
 /// `Royal-Gala_012`, `_013`): interleaved folds would put near-copies on both
 /// sides and score too high. Rows past `scored` are always on the training
-/// side (e.g. studio shots that help but are not what is being judged).
+/// side (e.g. studio shots that help but are not what is being judged),
+/// except those `companions` names: `(row, scored row)` pairs of rows that
+/// leave the training side with their scored row's fold (a photo's crops
+/// must not teach the model the photo it is judged on).
 pub fn out_of_fold(
     data: &Samples,
     scored: usize,
+    companions: &[(usize, usize)],
     folds: usize,
     fit: impl Fn(&Samples) -> Result<Classifier, Error>,
 ) -> Result<Vec<f32>, Error> {
@@ -100,13 +104,19 @@ pub fn out_of_fold(
             j * folds / total[c as usize]
         })
         .collect();
+    let mut fold_of: Vec<Option<usize>> = (0..data.len()).map(|i| fold.get(i).copied()).collect();
+    for &(row, owner) in companions {
+        if row >= scored && row < data.len() && owner < scored {
+            fold_of[row] = Some(fold[owner]);
+        }
+    }
     let mut proba = vec![0.0f32; scored * data.classes];
     for f in 0..folds {
         let held: Vec<usize> = (0..scored).filter(|&i| fold[i] == f).collect();
         if held.is_empty() {
             continue;
         }
-        let keep = (0..data.len()).filter(|&i| i >= scored || fold[i] != f);
+        let keep = (0..data.len()).filter(|&i| fold_of[i] != Some(f));
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for i in keep {
             x.extend_from_slice(data.row(i));

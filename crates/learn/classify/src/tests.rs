@@ -145,7 +145,7 @@ fn out_of_fold_predicts_every_scored_row_with_a_model_that_never_saw_it() {
     let (x, y) = blobs(3, 4, 30, 0.3, 7);
     let data = Samples::new(4, &x, &y, 3).unwrap();
     let fitted_sizes = std::sync::Mutex::new(Vec::new());
-    let proba = out_of_fold(&data, 60, 5, |s| {
+    let proba = out_of_fold(&data, 60, &[], 5, |s| {
         fitted_sizes.lock().unwrap().push(s.len());
         Ok(Classifier::LogisticRegression(LogisticRegression::fit(
             s,
@@ -163,4 +163,24 @@ fn out_of_fold_predicts_every_scored_row_with_a_model_that_never_saw_it() {
         .count();
     assert!(right >= 57, "{right} of 60 separable rows right out of fold");
     assert!(proba.chunks(3).all(|p| (p.iter().sum::<f32>() - 1.0).abs() < 1e-4));
+}
+
+#[test]
+fn companions_leave_the_training_side_with_their_scored_row() {
+    let (x, y) = blobs(3, 4, 30, 0.3, 7);
+    let data = Samples::new(4, &x, &y, 3).unwrap();
+    // Rows 60..90 are companions of rows 0..30 (one per scored row).
+    let companions: Vec<(usize, usize)> = (0..30).map(|i| (60 + i, i)).collect();
+    let fitted_sizes = std::sync::Mutex::new(Vec::new());
+    out_of_fold(&data, 60, &companions, 5, |s| {
+        fitted_sizes.lock().unwrap().push(s.len());
+        Ok(Classifier::LogisticRegression(LogisticRegression::fit(
+            s,
+            LogisticOptions::default(),
+        )?))
+    })
+    .unwrap();
+    // Each fold holds out 12 scored rows, and the companions of those below
+    // row 30: all 12 in folds 0 and 1, 6 in fold 2, none in folds 3 and 4.
+    assert_eq!(*fitted_sizes.lock().unwrap(), vec![66, 66, 72, 78, 78]);
 }
