@@ -258,6 +258,13 @@ pub struct TrainArgs {
     /// Fit the PCA on a Ballista cluster (`df://HOST:PORT`) instead of in-process.
     #[arg(long)]
     cluster: Option<String>,
+    /// Real photos in `<kind>/<photo>` folders named by catalogue kind;
+    /// repeatable. With any, the bundle also learns the kind (as `fruits run`).
+    #[arg(long)]
+    photos: Vec<String>,
+    /// Seeded training views of each real photo (see `fruits run`).
+    #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().views_per_photo)]
+    photo_views: u32,
     #[command(flatten)]
     model: crate::ModelDirArg,
 }
@@ -267,9 +274,19 @@ pub async fn train_cmd(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let ctx = fruits_engine::session(&opts, args.cluster.as_deref()).await?;
     let learn = fruits_pipeline::learn::LearnOptions {
         components: args.components,
+        kinds: fruits_pipeline::kinds::KindOptions {
+            views_per_photo: args.photo_views,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let s = fruits_pipeline::learn::train_bundle(&ctx, &args.features, &args.output, &learn).await?;
+    let photos = (!args.photos.is_empty()).then(|| fruits_pipeline::learn::TrainPhotos {
+        folders: args.photos,
+        model_dir: opts.model_dir.clone(),
+        parallelism: opts.parallelism,
+        cluster: args.cluster.clone(),
+    });
+    let s = fruits_pipeline::learn::train_bundle(&ctx, &args.features, &args.output, photos.as_ref(), &learn).await?;
     println!(
         "trained on {} rows of {} classes: PCA {} components ({:.1} % of the variance); {}",
         s.rows,

@@ -243,6 +243,62 @@ fn train_and_evaluate_work_apart_on_a_featurize_output() {
     assert!(accuracy >= 0.97, "accuracy {accuracy}");
     assert_eq!(eval["classifiers"].as_array().unwrap().len(), 1);
 
+    // With real photos, train learns the kinds too (photos and views
+    // featurized on the engine into a scratch folder that goes away).
+    let photos = tmp.path().join("photos");
+    for kind in ["apple", "banana"] {
+        std::fs::create_dir_all(photos.join(kind)).unwrap();
+        for photo in std::fs::read_dir(common::real_photos("train").join(kind))
+            .unwrap()
+            .take(8)
+        {
+            let photo = photo.unwrap().path();
+            std::os::unix::fs::symlink(&photo, photos.join(kind).join(photo.file_name().unwrap())).unwrap();
+        }
+    }
+    let with_kinds = tmp.path().join("with-kinds");
+    let trained = run_ok(
+        fruits()
+            .arg("train")
+            .arg("--features")
+            .arg(&features)
+            .arg("--output")
+            .arg(&with_kinds)
+            .args(["--components", "64", "--photo-views", "2", "--photos"])
+            .arg(&photos),
+    );
+    assert!(
+        String::from_utf8_lossy(&trained.stdout).contains("kind head"),
+        "{trained:?}"
+    );
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(with_kinds.join("model/bundle.json")).unwrap()).unwrap();
+    let kinds = bundle["kind_head"]["kinds"].as_array().unwrap();
+    assert!(
+        kinds.iter().any(|k| k == "apple") && kinds.iter().any(|k| k == "banana"),
+        "{kinds:?}"
+    );
+    assert!(!with_kinds.join("_work").exists(), "the photos' scratch is removed");
+    // A folder that is not a kind is refused before anything is written.
+    std::fs::create_dir_all(photos.join("Bananas")).unwrap();
+    let refused = tmp.path().join("refused");
+    let out = fruits()
+        .arg("train")
+        .arg("--features")
+        .arg(&features)
+        .arg("--output")
+        .arg(&refused)
+        .arg("--photos")
+        .arg(&photos)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a catalogue kind (Bananas)"),
+        "{out:?}"
+    );
+    assert!(!refused.exists());
+
     // A damaged bundle file is refused, in one line.
     let pca = model.join("model/pca.json");
     let mut bytes = std::fs::read(&pca).unwrap();

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use datafusion::prelude::{col, ParquetReadOptions};
 use fruits_bundle::KindHead;
 use fruits_catalog::Catalog;
 use fruits_classify::logistic::{LogisticOptions, LogisticRegression};
@@ -15,8 +16,9 @@ use fruits_classify::{out_of_fold, Classifier, Samples};
 use fruits_storage::{list_folders, Location};
 use serde::Serialize;
 
+use crate::featurize::{run_on, FeaturizeJob, TrainingViews};
 use crate::learn::Rows;
-use crate::Error;
+use crate::{Error, Progress};
 
 /// How the kind head learns.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -102,6 +104,53 @@ pub async fn check_photo_folders(uris: &[String]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Featurizes real-photo folders, and `opts.views_per_photo` training views
+/// of each photo, into `scratch/photos-N` and `scratch/views-N` on the engine
+/// (`template` says with which model, input size and engine settings).
+/// Returns the photos' and the views' rows of raw features, sorted by path
+/// (views by path, then view), so that training does not depend on task order.
+pub async fn featurize_photos(
+    ctx: &datafusion::prelude::SessionContext,
+    photos: &[String],
+    scratch: &str,
+    template: &FeaturizeJob,
+    opts: &KindOptions,
+    progress: &std::sync::Arc<dyn Progress>,
+) -> Result<(Rows, Rows), Error> {
+    let views = TrainingViews {
+        per_image: opts.views_per_photo,
+        seed: opts.view_seed,
+    };
+    let (mut photo_rows, mut view_rows) = (Rows::default(), Rows::default());
+    for (i, input) in photos.iter().enumerate() {
+        let mut jobs = vec![("photos", None, &mut photo_rows)];
+        if views.per_image > 0 {
+            jobs.push(("views", Some(views), &mut view_rows));
+        }
+        for (name, views, rows) in jobs {
+            let job = FeaturizeJob {
+                input: input.clone(),
+                output: format!("{scratch}/{name}-{i}"),
+                views,
+                ..template.clone()
+            };
+            run_on(ctx, &job, progress).await?;
+            let mut order = vec![col("path").sort(true, false)];
+            if views.is_some() {
+                order.push(col("view").sort(true, false));
+            }
+            let df = ctx
+                .read_parquet(format!("{}/features/", job.output), ParquetReadOptions::default())
+                .await?
+                .sort(order)?;
+            for batch in df.collect().await? {
+                rows.extend(&batch, "features")?;
+            }
+        }
+    }
+    Ok((photo_rows, view_rows))
 }
 
 /// Trains the kind head on reduced photo rows (labelled by kind), their

@@ -319,17 +319,43 @@ async fn featurized_with(features: &Location) -> Result<(fruits_backbone::Manife
     Ok((summary.model, summary.input_size))
 }
 
+/// Real photos for `fruits train`: their folders, and how to featurize them
+/// like the features being trained on (model directory, engine settings).
+#[derive(Debug, Clone)]
+pub struct TrainPhotos {
+    pub folders: Vec<String>,
+    pub model_dir: std::path::PathBuf,
+    pub parallelism: usize,
+    pub cluster: Option<String>,
+}
+
 /// `fruits train`: PCA on the engine, classifiers here, the bundle written to
-/// `OUTPUT/model/`, then `OUTPUT/_SUCCESS`.
+/// `OUTPUT/model/`, then `OUTPUT/_SUCCESS`; with real photos, the kind head
+/// too (the photos featurized on the engine into `OUTPUT/_work/`).
 pub async fn train_bundle(
     ctx: &SessionContext,
     features: &str,
     output: &str,
+    photos: Option<&TrainPhotos>,
     opts: &LearnOptions,
 ) -> Result<TrainSummary, Error> {
     let features = Location::parse(features)?;
     let out = Location::parse(output)?;
     let (backbone, input_size) = featurized_with(&features).await?;
+    if let Some(p) = photos {
+        crate::kinds::check_photo_folders(&p.folders).await?;
+        let installed = fruits_backbone::Backbone::shared(&p.model_dir)?
+            .manifest()
+            .onnx
+            .sha256
+            .clone();
+        if installed != backbone.onnx.sha256 {
+            return Err(Error::OtherBackbone {
+                features: backbone.onnx.sha256.clone(),
+                installed,
+            });
+        }
+    }
     fruits_output::begin(&out).await?;
     let folder = format!("{}/features", features.uri());
     let t = Instant::now();
@@ -348,6 +374,15 @@ pub async fn train_bundle(
             .iter()
             .map(|t| (t.classifier.name().to_string(), t.seconds)),
     );
+    let kind_head = match photos {
+        Some(p) => {
+            let t = Instant::now();
+            let head = learn_kinds(ctx, &out, p, input_size, &pca, &learned, opts).await?;
+            seconds.push(("kind head".to_string(), t.elapsed().as_secs_f64()));
+            Some(head)
+        }
+        None => None,
+    };
     let (rows, classes) = (learned.rows.len(), learned.classes.len());
     let model_dir = Location::parse(&out.child("model").to_string())?;
     let parts = BundleParts {
@@ -355,7 +390,7 @@ pub async fn train_bundle(
         input_size,
         pca: &pca,
         confidence: Vec::new(),
-        kind_head: None,
+        kind_head,
     };
     save_bundle(&model_dir, learned, parts, opts).await?;
     let summary = TrainSummary {
@@ -368,6 +403,66 @@ pub async fn train_bundle(
     };
     fruits_output::commit(&out, &summary).await?;
     Ok(summary)
+}
+
+/// Featurizes the real photos and their views into `OUTPUT/_work/`, reduces
+/// them with the bundle's PCA and trains the kind head (removing the scratch).
+async fn learn_kinds(
+    ctx: &SessionContext,
+    out: &Location,
+    photos: &TrainPhotos,
+    input_size: u32,
+    pca: &Pca,
+    learned: &Learned,
+    opts: &LearnOptions,
+) -> Result<fruits_bundle::KindHead, Error> {
+    let scratch = out.child("_work");
+    let template = crate::FeaturizeJob {
+        input: String::new(),
+        output: String::new(),
+        limit: None,
+        input_size: Some(input_size),
+        model_dir: photos.model_dir.clone(),
+        rows_per_task: 256,
+        parallelism: photos.parallelism,
+        cluster: photos.cluster.clone(),
+        sorted: false,
+        views: None,
+    };
+    let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
+    let featurized = crate::kinds::featurize_photos(
+        ctx,
+        &photos.folders,
+        &scratch.to_string(),
+        &template,
+        &opts.kinds,
+        &quiet,
+    )
+    .await;
+    fruits_output::remove_prefix(out, &scratch).await;
+    let (photo_rows, view_rows) = featurized?;
+    let reduce = |rows: Rows| -> Result<Rows, Error> {
+        Ok(Rows {
+            dim: pca.k,
+            x: pca.project(&rows.x)?,
+            ..rows
+        })
+    };
+    let (photo_rows, view_rows) = (reduce(photo_rows)?, reduce(view_rows)?);
+    let studio = crate::kinds::studio_sample(&learned.rows, opts.kinds.studio_per_class);
+    let (classes, kinds) = (learned.classes.clone(), opts.kinds);
+    let (head, metrics) = tokio::task::spawn_blocking(move || {
+        crate::kinds::train_kind_head(&photo_rows, &view_rows, &studio, &classes, &kinds)
+    })
+    .await
+    .map_err(|e| Error::Training(e.to_string()))??;
+    tracing::info!(
+        photos = metrics.photos,
+        views = metrics.views,
+        top1 = metrics.top1,
+        "kind head trained"
+    );
+    Ok(head)
 }
 
 /// What `fruits evaluate` found.

@@ -72,6 +72,8 @@ pub enum Error {
     },
     #[error("{0}: no <kind>/ folders of real photos")]
     NoKindFolders(String),
+    #[error("the features were made with model {features} but --model-dir holds {installed}: real photos must go through the same backbone")]
+    OtherBackbone { features: String, installed: String },
 }
 
 impl From<datafusion::error::DataFusionError> for Error {
