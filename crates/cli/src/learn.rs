@@ -87,8 +87,9 @@ pub struct RunArgs {
     #[arg(long)]
     photos: Vec<String>,
     /// Seeded training views (crops, some mirrored) of each real photo the
-    /// kind head also learns from; 0 turns them off.
-    #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().views_per_photo)]
+    /// kind head also learns from, 0 to 64; 0 turns them off.
+    #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().views_per_photo,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
     photo_views: u32,
     /// Where features/, errors/, model/, report/ and _SUCCESS go.
     #[arg(long)]
@@ -262,8 +263,9 @@ pub struct TrainArgs {
     /// repeatable. With any, the bundle also learns the kind (as `fruits run`).
     #[arg(long)]
     photos: Vec<String>,
-    /// Seeded training views of each real photo (see `fruits run`).
-    #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().views_per_photo)]
+    /// Seeded training views of each real photo, 0 to 64 (see `fruits run`).
+    #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().views_per_photo,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
     photo_views: u32,
     #[command(flatten)]
     model: crate::ModelDirArg,

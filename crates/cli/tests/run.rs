@@ -337,4 +337,15 @@ fn photo_folders_that_are_not_catalogue_kinds_are_refused_before_any_work() {
         "{stderr}"
     );
     assert!(!out.exists(), "nothing was written");
+
+    // Views per photo are bounded: 65 would be a typo, not a setting.
+    let result = common::fruits_run(&dir.path().join("train"), &dir.path().join("test"), &out)
+        .args(["--photo-views", "65", "--photos"])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(stderr.contains("65 is not in 0..=64"), "{stderr}");
+    assert!(!out.exists(), "nothing was written");
 }
