@@ -220,15 +220,16 @@ fn train_and_evaluate_work_apart_on_a_featurize_output() {
             .arg("--output")
             .arg(&features),
     );
-    let trained = run_ok(
-        fruits()
-            .arg("train")
+    let train_into = |output: &std::path::Path| {
+        let mut cmd = fruits();
+        cmd.arg("train")
             .arg("--features")
             .arg(&features)
             .arg("--output")
-            .arg(&model)
-            .args(["--components", "64"]),
-    );
+            .arg(output);
+        cmd
+    };
+    let trained = run_ok(train_into(&model).args(["--components", "64"]));
     assert!(String::from_utf8_lossy(&trained.stdout).contains("PCA 64 components"));
     assert!(model.join("_SUCCESS").exists() && model.join("model/bundle.json").exists());
     let eval = run_ok(
@@ -246,24 +247,10 @@ fn train_and_evaluate_work_apart_on_a_featurize_output() {
     // With real photos, train learns the kinds too (photos and views
     // featurized on the engine into a scratch folder that goes away).
     let photos = tmp.path().join("photos");
-    for kind in ["apple", "banana"] {
-        std::fs::create_dir_all(photos.join(kind)).unwrap();
-        for photo in std::fs::read_dir(common::real_photos("train").join(kind))
-            .unwrap()
-            .take(8)
-        {
-            let photo = photo.unwrap().path();
-            std::os::unix::fs::symlink(&photo, photos.join(kind).join(photo.file_name().unwrap())).unwrap();
-        }
-    }
+    common::link_real_photos("train", &["apple", "banana"], 8, &photos);
     let with_kinds = tmp.path().join("with-kinds");
     let trained = run_ok(
-        fruits()
-            .arg("train")
-            .arg("--features")
-            .arg(&features)
-            .arg("--output")
-            .arg(&with_kinds)
+        train_into(&with_kinds)
             .args(["--components", "64", "--photo-views", "2", "--photos"])
             .arg(&photos),
     );
@@ -282,16 +269,7 @@ fn train_and_evaluate_work_apart_on_a_featurize_output() {
     // A folder that is not a kind is refused before anything is written.
     std::fs::create_dir_all(photos.join("Bananas")).unwrap();
     let refused = tmp.path().join("refused");
-    let out = fruits()
-        .arg("train")
-        .arg("--features")
-        .arg(&features)
-        .arg("--output")
-        .arg(&refused)
-        .arg("--photos")
-        .arg(&photos)
-        .output()
-        .unwrap();
+    let out = train_into(&refused).arg("--photos").arg(&photos).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a catalogue kind (Bananas)"),

@@ -453,15 +453,7 @@ fn bench_photos_scores_kinds_on_real_photos_and_refuses_unknown_folders() {
     let (run, _) = trained_run();
     let tmp = tempfile::tempdir().unwrap();
     // Two kinds of real grocery-store photos, linked, not copied.
-    let mut count = 0;
-    for kind in ["apple", "banana"] {
-        std::fs::create_dir_all(tmp.path().join(kind)).unwrap();
-        for photo in std::fs::read_dir(real_photos("val").join(kind)).unwrap().take(3) {
-            let photo = photo.unwrap().path();
-            std::os::unix::fs::symlink(&photo, tmp.path().join(kind).join(photo.file_name().unwrap())).unwrap();
-            count += 1;
-        }
-    }
+    let count = common::link_real_photos("val", &["apple", "banana"], 3, tmp.path());
     let out = common::run_ok(
         common::fruits()
             .args(["bench", "photos", "--json", "--model"])

@@ -248,14 +248,15 @@ async fn write_manifest(
 ) -> Result<(usize, u64), Error> {
     let limit = job.limit.unwrap_or(usize::MAX);
     let views = job.views.map_or(0, |v| v.per_image);
+    let rows_per_image = views.max(1);
     // A task holds about `rows_per_task` rows, views included.
-    let per_task = (job.rows_per_task / views.max(1) as usize).max(1);
+    let per_task = (job.rows_per_task / rows_per_image as usize).max(1);
     let mut chunks = list_images(input).take(limit).try_chunks(per_task);
     let (mut count, mut part, mut total_bytes) = (0, 0, 0u64);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| e.1)?;
-        count += chunk.len() * views.max(1) as usize;
-        total_bytes += chunk.iter().map(|e| e.size).sum::<u64>() * u64::from(views.max(1));
+        count += chunk.len() * rows_per_image as usize;
+        total_bytes += chunk.iter().map(|e| e.size).sum::<u64>() * u64::from(rows_per_image);
         let bytes = manifest_parquet(&chunk, views)?;
         output::put(
             &staging.store,
@@ -313,6 +314,12 @@ fn features_fields() -> Vec<Field> {
         Field::new("label", DataType::Utf8, false),
         Field::new("features", features_type(), false),
     ]
+}
+
+/// The order training views are read back in: by image, then view, so that
+/// what learns from them does not depend on the order tasks finished in.
+pub fn view_order() -> Vec<datafusion::logical_expr::SortExpr> {
+    vec![col("path").sort(true, false), col("view").sort(true, false)]
 }
 
 /// [`features_schema`] with the `view` column of a job with training views.

@@ -16,7 +16,7 @@ use fruits_classify::{out_of_fold, Classifier, Samples};
 use fruits_storage::{list_folders, Location};
 use serde::Serialize;
 
-use crate::featurize::{run_on, FeaturizeJob, TrainingViews};
+use crate::featurize::{run_on, view_order, FeaturizeJob, TrainingViews};
 use crate::learn::Rows;
 use crate::{Error, Progress};
 
@@ -56,6 +56,16 @@ impl Default for KindOptions {
             views_per_photo: 4,
             view_seed: 0x00F2_0175,
         }
+    }
+}
+
+impl KindOptions {
+    /// The featurize setting for the photos' training views; `None` without views.
+    pub fn training_views(&self) -> Option<TrainingViews> {
+        (self.views_per_photo > 0).then_some(TrainingViews {
+            per_image: self.views_per_photo,
+            seed: self.view_seed,
+        })
     }
 }
 
@@ -119,14 +129,10 @@ pub async fn featurize_photos(
     opts: &KindOptions,
     progress: &std::sync::Arc<dyn Progress>,
 ) -> Result<(Rows, Rows), Error> {
-    let views = TrainingViews {
-        per_image: opts.views_per_photo,
-        seed: opts.view_seed,
-    };
     let (mut photo_rows, mut view_rows) = (Rows::default(), Rows::default());
     for (i, input) in photos.iter().enumerate() {
         let mut jobs = vec![("photos", None, &mut photo_rows)];
-        if views.per_image > 0 {
+        if let Some(views) = opts.training_views() {
             jobs.push(("views", Some(views), &mut view_rows));
         }
         for (name, views, rows) in jobs {
@@ -137,10 +143,10 @@ pub async fn featurize_photos(
                 ..template.clone()
             };
             run_on(ctx, &job, progress).await?;
-            let mut order = vec![col("path").sort(true, false)];
-            if views.is_some() {
-                order.push(col("view").sort(true, false));
-            }
+            let order = match views {
+                Some(_) => view_order(),
+                None => vec![col("path").sort(true, false)],
+            };
             let df = ctx
                 .read_parquet(format!("{}/features/", job.output), ParquetReadOptions::default())
                 .await?
@@ -151,6 +157,22 @@ pub async fn featurize_photos(
         }
     }
     Ok((photo_rows, view_rows))
+}
+
+/// [`train_kind_head`] on a blocking thread, with [`studio_sample`] of the
+/// training split's reduced rows: what `run` and `train` both call.
+pub async fn train_kind_head_off_runtime(
+    photos: Rows,
+    views: Rows,
+    train: &Rows,
+    classes: &[String],
+    opts: KindOptions,
+) -> Result<(KindHead, KindMetrics), Error> {
+    let studio = studio_sample(train, opts.studio_per_class);
+    let classes = classes.to_vec();
+    tokio::task::spawn_blocking(move || train_kind_head(&photos, &views, &studio, &classes, &opts))
+        .await
+        .map_err(|e| Error::Training(e.to_string()))?
 }
 
 /// Trains the kind head on reduced photo rows (labelled by kind), their

@@ -448,14 +448,14 @@ async fn learn_kinds(
             ..rows
         })
     };
-    let (photo_rows, view_rows) = (reduce(photo_rows)?, reduce(view_rows)?);
-    let studio = crate::kinds::studio_sample(&learned.rows, opts.kinds.studio_per_class);
-    let (classes, kinds) = (learned.classes.clone(), opts.kinds);
-    let (head, metrics) = tokio::task::spawn_blocking(move || {
-        crate::kinds::train_kind_head(&photo_rows, &view_rows, &studio, &classes, &kinds)
-    })
-    .await
-    .map_err(|e| Error::Training(e.to_string()))??;
+    let (head, metrics) = crate::kinds::train_kind_head_off_runtime(
+        reduce(photo_rows)?,
+        reduce(view_rows)?,
+        &learned.rows,
+        &learned.classes,
+        opts.kinds,
+    )
+    .await?;
     tracing::info!(
         photos = metrics.photos,
         views = metrics.views,

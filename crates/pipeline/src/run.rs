@@ -28,9 +28,9 @@ use fruits_storage::{Location, ObjectUri};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::featurize::{run_on, FeaturizeJob, Summary, TrainingViews};
+use crate::featurize::{run_on, view_order, FeaturizeJob, Summary};
 use crate::job::JobContext;
-use crate::kinds::{check_photo_folders, score_on_studio, studio_sample, train_kind_head, KindMetrics};
+use crate::kinds::{check_photo_folders, score_on_studio, train_kind_head_off_runtime, KindMetrics};
 use crate::learn::{fit_pca, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows, Scored};
 use crate::{Error, Progress};
 
@@ -163,14 +163,8 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         true => None,
         false => {
             stages.start("train kinds", progress);
-            let opts = job.learn.kinds;
-            let (photos, classes) = (projected.photos, learned.classes.clone());
-            let train = studio_sample(&learned.rows, opts.studio_per_class);
-            let trained =
-                tokio::task::spawn_blocking(move || train_kind_head(&photos, &views, &train, &classes, &opts))
-                    .await
-                    .map_err(|e| Error::Training(e.to_string()))??;
-            Some(trained)
+            let (photos, opts) = (projected.photos, job.learn.kinds);
+            Some(train_kind_head_off_runtime(photos, views, &learned.rows, &learned.classes, opts).await?)
         }
     };
 
@@ -237,7 +231,7 @@ async fn featurize_splits(
     progress: &Arc<dyn Progress>,
 ) -> Result<BTreeMap<String, Summary>, Error> {
     let mut featurized = BTreeMap::new();
-    let views = Some(training_views(job));
+    let views = job.learn.kinds.training_views();
     let all = splits(job).into_iter().map(|s| (s, None));
     for ((split, input), views) in all.chain(view_splits(job).into_iter().map(|s| (s, views))) {
         stages.start(&format!("featurize {split}"), progress);
@@ -252,19 +246,12 @@ async fn featurize_splits(
     Ok(featurized)
 }
 
-fn training_views(job: &RunJob) -> TrainingViews {
-    TrainingViews {
-        per_image: job.learn.kinds.views_per_photo,
-        seed: job.learn.kinds.view_seed,
-    }
-}
-
 /// The training views of the real photos, `views-N` per `--photos`: scratch
 /// only (the kind head learns from them; `features/` keeps one row per image).
 fn view_splits(job: &RunJob) -> Vec<(String, &String)> {
-    match job.learn.kinds.views_per_photo {
-        0 => Vec::new(),
-        _ => job
+    match job.learn.kinds.training_views() {
+        None => Vec::new(),
+        Some(_) => job
             .photos
             .iter()
             .enumerate()
@@ -425,9 +412,7 @@ async fn projected_split(
 async fn project_views(cx: &JobContext<'_>, job: &RunJob, model: &PcaModel<'_>) -> Result<Rows, Error> {
     let mut rows = Rows::default();
     for (split, _) in view_splits(job) {
-        let df = projected_split(cx, &split, model)
-            .await?
-            .sort(vec![col("path").sort(true, false), col("view").sort(true, false)])?;
+        let df = projected_split(cx, &split, model).await?.sort(view_order())?;
         let mut stream = df.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             rows.extend(&batch?, "pca")?;

@@ -59,6 +59,21 @@ pub fn real_photos(split: &str) -> PathBuf {
     dir
 }
 
+/// Links (never copies) up to `per_kind` real photos of each kind of
+/// `split` into `dest/<kind>/`; returns how many were linked.
+pub fn link_real_photos(split: &str, kinds: &[&str], per_kind: usize, dest: &Path) -> usize {
+    let mut count = 0;
+    for kind in kinds {
+        std::fs::create_dir_all(dest.join(kind)).unwrap();
+        for photo in std::fs::read_dir(real_photos(split).join(kind)).unwrap().take(per_kind) {
+            let photo = photo.unwrap().path();
+            std::os::unix::fs::symlink(&photo, dest.join(kind).join(photo.file_name().unwrap())).unwrap();
+            count += 1;
+        }
+    }
+    count
+}
+
 /// Image files of one class folder, sorted.
 pub fn class_images(class: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(training().join(class))

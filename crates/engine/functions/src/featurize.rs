@@ -193,11 +193,7 @@ fn featurize_paths(
         let view = view_of(row);
         let prepared = content.and_then(|bytes| {
             STATS.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            match view == View::WHOLE {
-                true => fruits_preprocess::prepare(&bytes, spec, &mut input),
-                false => fruits_preprocess::prepare_view(&bytes, &view, spec, &mut input),
-            }
-            .map_err(|e| e.to_string())
+            fruits_preprocess::prepare_view(&bytes, &view, spec, &mut input).map_err(|e| e.to_string())
         });
         STATS
             .preprocess_ns

@@ -79,9 +79,14 @@ pub fn prepare(bytes: &[u8], spec: &Spec, out: &mut Vec<f32>) -> Result<(), Erro
     prepare_decoded(&decode(bytes)?, spec, out)
 }
 
-/// [`prepare`] of one training view of the image (see [`view`]).
+/// [`prepare`] of one training view of the image (see [`view`]); the whole
+/// image ([`view::View::WHOLE`]) is prepared as it is, without a copy.
 pub fn prepare_view(bytes: &[u8], view: &view::View, spec: &Spec, out: &mut Vec<f32>) -> Result<(), Error> {
-    prepare_decoded(&view.apply(&decode(bytes)?), spec, out)
+    let image = decode(bytes)?;
+    match *view == view::View::WHOLE {
+        true => prepare_decoded(&image, spec, out),
+        false => prepare_decoded(&view.apply(&image), spec, out),
+    }
 }
 
 /// [`prepare`] after decoding: resizes and normalises an image already
