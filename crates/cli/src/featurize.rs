@@ -116,7 +116,7 @@ fn print_summary(s: &Summary) {
         "output: {} (input {}², model sha256 {}…, _SUCCESS written)",
         s.output,
         s.input_size,
-        &s.model.onnx.sha256[..12]
+        fruits_common::short_digest(&s.model.onnx.sha256, 12)
     );
 }
 

@@ -87,7 +87,7 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 "{} {verb} in {} (onnx sha256 {}, input {}², ONNX Runtime {})",
                 m.model,
                 model_dir.display(),
-                &m.onnx.sha256[..16],
+                fruits_common::short_digest(&m.onnx.sha256, 16),
                 m.input.size,
                 m.runtime.version
             );

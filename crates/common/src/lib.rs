@@ -13,6 +13,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// The first `n` characters of a digest, for messages; all of it when
+/// shorter (a digest read from a damaged file may be short or not ASCII).
+pub fn short_digest(digest: &str, n: usize) -> &str {
+    digest.char_indices().nth(n).map_or(digest, |(end, _)| &digest[..end])
+}
+
 /// Turns logits into probabilities, in place (max-shifted, so large logits
 /// do not overflow).
 pub fn softmax_in_place(row: &mut [f32]) {
@@ -45,6 +51,14 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_digests_never_slice_past_the_end_or_inside_a_character() {
+        assert_eq!(short_digest("0123456789abcdef", 12), "0123456789ab");
+        assert_eq!(short_digest("abc", 12), "abc");
+        assert_eq!(short_digest("", 12), "");
+        assert_eq!(short_digest("ééééé", 2), "éé");
+    }
 
     #[test]
     fn sha256_of_known_bytes() {

@@ -2,13 +2,15 @@
 //! real photos are checked against the catalogue before any work, and the
 //! kind head (fruits-bundle's [`KindHead`]) is trained on the photos plus a
 //! few studio shots per class, with its "not sure" threshold chosen on
-//! out-of-fold answers for the photos.
+//! out-of-fold answers for the photos. It learns from the backbone features
+//! themselves ([`KindInput::SqrtFeatures`]), not from the variety head's PCA.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use datafusion::prelude::{col, ParquetReadOptions};
-use fruits_bundle::KindHead;
+use fruits_bundle::kinds::sqrt_features;
+use fruits_bundle::{KindHead, KindInput};
 use fruits_catalog::Catalog;
 use fruits_classify::logistic::{LogisticOptions, LogisticRegression};
 use fruits_classify::metrics::{calibrate_precision, confident_and_right, evaluate, top1_answers, Confidence};
@@ -160,7 +162,7 @@ pub async fn featurize_photos(
 }
 
 /// [`train_kind_head`] on a blocking thread, with [`studio_sample`] of the
-/// training split's reduced rows: what `run` and `train` both call.
+/// training split's feature rows: what `run` and `train` both call.
 pub async fn train_kind_head_off_runtime(
     photos: Rows,
     views: Rows,
@@ -175,8 +177,8 @@ pub async fn train_kind_head_off_runtime(
         .map_err(|e| Error::Training(e.to_string()))?
 }
 
-/// Trains the kind head on reduced photo rows (labelled by kind), their
-/// training views (rows whose path is a photo's), and reduced studio rows
+/// Trains the kind head on photo rows of backbone features (labelled by
+/// kind), their training views (rows whose path is a photo's), and studio rows
 /// (labelled by class, `classes` being the bundle's classes): all of
 /// `studio`, so pass [`studio_sample`] of the training split.
 pub fn train_kind_head(
@@ -218,6 +220,7 @@ pub fn train_kind_head(
         y.push(k as u32);
     }
     let companions = append_views(photos, views, &index, &mut x, &mut y);
+    let x = sqrt_features(&x);
     let data = Samples::new(photos.dim, &x, &y, kinds.len())?;
     let fit = |s: &Samples| -> Result<Classifier, fruits_classify::Error> {
         Ok(Classifier::LogisticRegression(LogisticRegression::fit(
@@ -263,7 +266,13 @@ pub fn train_kind_head(
         "kind head trained (out-of-fold figures)"
     );
     Ok((
-        KindHead::new(kinds, &class_kinds, classifier, domain, Some(confidence)),
+        KindHead::new(
+            kinds,
+            &class_kinds,
+            (classifier, domain),
+            KindInput::SqrtFeatures,
+            Some(confidence),
+        ),
         metrics,
     ))
 }
@@ -311,10 +320,11 @@ fn fit_domain(
 /// Scores the kind head on studio rows of known classes (the test split):
 /// fills `studio_kind_accuracy` and `studio_served_accuracy`, so that a run
 /// shows whether answering the kind first costs the varieties anything.
+/// `test` holds the reduced rows, `features` the same rows' features.
 pub fn score_on_studio(
     head: &KindHead,
     variety: &Classifier,
-    test: &Rows,
+    (test, features): (&Rows, &Rows),
     classes: &[String],
     metrics: &mut KindMetrics,
 ) -> Result<(), Error> {
@@ -322,9 +332,12 @@ pub fn score_on_studio(
     if y.is_empty() {
         return Ok(());
     }
-    let kind_p = head.classifier.predict_proba(test.dim, &x)?;
+    let (_, fx, _) = features.indexed(classes);
+    let dim = head.input.dim(features.dim, test.dim);
+    let kx = head.input.rows(&fx, &x);
+    let kind_p = head.classifier.predict_proba(dim, &kx)?;
     let class_p = variety.predict_proba(test.dim, &x)?;
-    let domain = head.domain.predict_proba(test.dim, &x)?;
+    let domain = head.domain.predict_proba(dim, &kx)?;
     let (c, k) = (classes.len(), head.kinds.len());
     let (mut kind_right, mut served_right) = (0usize, 0usize);
     for (((&t, cp), kp), d) in y

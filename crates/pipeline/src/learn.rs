@@ -365,7 +365,8 @@ pub async fn train_bundle(
     let reduced = Rows {
         dim: pca.k,
         x: pca.project(&rows.x)?,
-        ..rows
+        paths: rows.paths.clone(),
+        labels: rows.labels.clone(),
     };
     let learned = train_off_runtime(reduced, *opts).await?;
     seconds.extend(
@@ -377,7 +378,7 @@ pub async fn train_bundle(
     let kind_head = match photos {
         Some(p) => {
             let t = Instant::now();
-            let head = learn_kinds(ctx, &out, p, input_size, &pca, &learned, opts).await?;
+            let head = learn_kinds(ctx, &out, p, input_size, &rows, &learned.classes, opts).await?;
             seconds.push(("kind head".to_string(), t.elapsed().as_secs_f64()));
             Some(head)
         }
@@ -405,15 +406,16 @@ pub async fn train_bundle(
     Ok(summary)
 }
 
-/// Featurizes the real photos and their views into `OUTPUT/_work/`, reduces
-/// them with the bundle's PCA and trains the kind head (removing the scratch).
+/// Featurizes the real photos and their views into `OUTPUT/_work/` and
+/// trains the kind head on them and on studio rows of `train` (the feature
+/// rows of the training split, `classes` its classes), removing the scratch.
 async fn learn_kinds(
     ctx: &SessionContext,
     out: &Location,
     photos: &TrainPhotos,
     input_size: u32,
-    pca: &Pca,
-    learned: &Learned,
+    train: &Rows,
+    classes: &[String],
     opts: &LearnOptions,
 ) -> Result<fruits_bundle::KindHead, Error> {
     let scratch = out.child("_work");
@@ -441,21 +443,8 @@ async fn learn_kinds(
     .await;
     fruits_output::remove_prefix(out, &scratch).await;
     let (photo_rows, view_rows) = featurized?;
-    let reduce = |rows: Rows| -> Result<Rows, Error> {
-        Ok(Rows {
-            dim: pca.k,
-            x: pca.project(&rows.x)?,
-            ..rows
-        })
-    };
-    let (head, metrics) = crate::kinds::train_kind_head_off_runtime(
-        reduce(photo_rows)?,
-        reduce(view_rows)?,
-        &learned.rows,
-        &learned.classes,
-        opts.kinds,
-    )
-    .await?;
+    let (head, metrics) =
+        crate::kinds::train_kind_head_off_runtime(photo_rows, view_rows, train, classes, opts.kinds).await?;
     tracing::info!(
         photos = metrics.photos,
         views = metrics.views,

@@ -154,7 +154,7 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
     let projected = project_and_write(&cx, job, &pca_model, job.featurize.sorted).await?;
     let errors = write_errors(&cx, job).await?;
 
-    let views = project_views(&cx, job, &pca_model).await?;
+    let views = read_views(&cx, job).await?;
 
     stages.start("train", progress);
     let learned = train_off_runtime(projected.train, job.learn).await?;
@@ -164,7 +164,8 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         false => {
             stages.start("train kinds", progress);
             let (photos, opts) = (projected.photos, job.learn.kinds);
-            Some(train_kind_head_off_runtime(photos, views, &learned.rows, &learned.classes, opts).await?)
+            let studio = &projected.train_features;
+            Some(train_kind_head_off_runtime(photos, views, studio, &learned.classes, opts).await?)
         }
     };
 
@@ -185,7 +186,8 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
             .find(|t| t.classifier.name() == job.learn.default_classifier)
             .map(|t| &t.classifier);
         if let Some(variety) = default {
-            score_on_studio(head, variety, &projected.test, &learned.classes, kind_metrics)?;
+            let test = (&projected.test, &projected.test_features);
+            score_on_studio(head, variety, test, &learned.classes, kind_metrics)?;
         }
     }
     let (kind_head, kind_metrics) = kind_head.unzip();
@@ -311,8 +313,12 @@ struct Projected {
     /// Reduced rows of each split, sorted by path.
     train: Rows,
     test: Rows,
-    /// Every real photo (labelled by kind), sorted by path.
+    /// Feature rows of every real photo (labelled by kind), sorted by path.
     photos: Rows,
+    /// The splits' feature rows too, in the same order, when the job has
+    /// photos (the kind head reads features, not the projection); else empty.
+    train_features: Rows,
+    test_features: Rows,
 }
 
 fn features_schema(k: usize) -> SchemaRef {
@@ -340,15 +346,17 @@ async fn project_and_write(
     ];
     let mut writer = cx.part_writer("features", schema.clone(), metadata);
     let mut rows = [Rows::default(), Rows::default(), Rows::default()];
+    let mut features: [Rows; 3] = Default::default();
+    let keep_features = !job.photos.is_empty();
     // One query per split (a UNION sorted on the split constant trips
     // Ballista 55's adaptive planner), train first; sorted by path when the
     // job asks for it (see `FeaturizeJob::sorted`).
     for (split, _) in splits(job) {
         let column = split_column(&split);
-        let target = &mut rows[["train", "test", "photos"]
+        let at = ["train", "test", "photos"]
             .iter()
             .position(|s| *s == column)
-            .unwrap_or(2)];
+            .unwrap_or(2);
         let df = projected_split(cx, &split, model).await?.select(vec![
             col("path"),
             col("label"),
@@ -364,19 +372,25 @@ async fn project_and_write(
         let mut stream = df.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             let batch = conform(&batch?, &schema)?;
-            target.extend(&batch, "pca")?;
+            rows[at].extend(&batch, "pca")?;
+            if keep_features {
+                features[at].extend(&batch, "features")?;
+            }
             writer.write(&batch).await?;
         }
     }
     // Training must not depend on the order tasks finished in.
-    rows.iter_mut().for_each(Rows::sort_by_path);
-    let [train, test, photos] = rows;
+    rows.iter_mut().chain(&mut features).for_each(Rows::sort_by_path);
+    let [train, test, _] = rows;
+    let [train_features, test_features, photos] = features;
     let (files, _) = writer.finish().await?;
     Ok(Projected {
         files,
         train,
         test,
         photos,
+        train_features,
+        test_features,
     })
 }
 
@@ -407,15 +421,20 @@ async fn projected_split(
     Ok(df.select(columns)?)
 }
 
-/// The reduced training views of the real photos, sorted by (path, view):
-/// the kind head's extra rows, in an order that does not depend on the engine.
-async fn project_views(cx: &JobContext<'_>, job: &RunJob, model: &PcaModel<'_>) -> Result<Rows, Error> {
+/// The feature rows of the real photos' training views, sorted by (path,
+/// view): the kind head's extra rows, in an order that does not depend on
+/// the engine.
+async fn read_views(cx: &JobContext<'_>, job: &RunJob) -> Result<Rows, Error> {
     let mut rows = Rows::default();
     for (split, _) in view_splits(job) {
-        let df = projected_split(cx, &split, model).await?.sort(view_order())?;
+        let df = cx
+            .ctx
+            .read_parquet(format!("{}/features/", work(cx, &split)), ParquetReadOptions::default())
+            .await?
+            .sort(view_order())?;
         let mut stream = df.execute_stream().await?;
         while let Some(batch) = stream.next().await {
-            rows.extend(&batch?, "pca")?;
+            rows.extend(&batch?, "features")?;
         }
     }
     Ok(rows)

@@ -14,12 +14,54 @@
 //! the variety head alone (it is right 99.7 % of the time there, where the
 //! kind head, which saw only a few studio shots per class, is not), on a
 //! real photo the kind head and the varieties within its kinds.
+//!
+//! Both read [`KindInput`]: the square roots of the backbone features, not
+//! the variety head's PCA. That PCA keeps 95 % of the variance *of studio
+//! shots*; what tells a cantaloupe from a potato in a shop photo lies partly
+//! outside it, and the square root evens out the few features a cluttered
+//! photo fires strongly (on the grocery-store `val` photos, top-1 kind
+//! 84.6 % → see README, "Real photos").
 
 use fruits_classify::metrics::Confidence;
 use fruits_classify::Classifier;
 use serde::{Deserialize, Serialize};
 
 use crate::FileRef;
+
+/// What the kind head and the gate read of a picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KindInput {
+    /// The bundle's PCA projection (what bundles recorded before `input`).
+    #[default]
+    Reduced,
+    /// `√x` of each backbone feature (features are averages of ReLU6
+    /// outputs, so never negative; a negative one is read as 0).
+    SqrtFeatures,
+}
+
+impl KindInput {
+    /// Length of one input row, given the features' and the PCA's lengths.
+    pub fn dim(self, features: usize, reduced: usize) -> usize {
+        match self {
+            KindInput::Reduced => reduced,
+            KindInput::SqrtFeatures => features,
+        }
+    }
+
+    /// The input rows of rows of `features`, whose PCA projection is `reduced`.
+    pub fn rows<'a>(self, features: &[f32], reduced: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match self {
+            KindInput::Reduced => std::borrow::Cow::Borrowed(reduced),
+            KindInput::SqrtFeatures => std::borrow::Cow::Owned(sqrt_features(features)),
+        }
+    }
+}
+
+/// [`KindInput::SqrtFeatures`] of rows of backbone features.
+pub fn sqrt_features(features: &[f32]) -> Vec<f32> {
+    features.iter().map(|v| v.max(0.0).sqrt()).collect()
+}
 
 /// The kind head as `bundle.json` records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +77,10 @@ pub struct KindHeadRef {
     /// The "not sure" threshold on the top kind's probability, chosen on
     /// out-of-fold answers for real photos.
     pub confidence: Option<Confidence>,
+    /// What both classifiers read; absent in bundles made before it was
+    /// recorded, which read the PCA projection.
+    #[serde(default)]
+    pub input: KindInput,
 }
 
 /// A loaded kind head.
@@ -47,6 +93,7 @@ pub struct KindHead {
     /// Outputs `[real photo, studio shot]`.
     pub domain: Classifier,
     pub confidence: Option<Confidence>,
+    pub input: KindInput,
 }
 
 /// One row's answer: kind and class probabilities that agree.
@@ -59,12 +106,13 @@ pub struct KindAnswer {
 }
 
 impl KindHead {
-    /// A head over `kinds` (sorted); `class_kinds` is the kind id of each class.
+    /// A head over `kinds` (sorted) reading `input`; `class_kinds` is the
+    /// kind id of each class.
     pub fn new(
         kinds: Vec<String>,
         class_kinds: &[String],
-        classifier: Classifier,
-        domain: Classifier,
+        (classifier, domain): (Classifier, Classifier),
+        input: KindInput,
         confidence: Option<Confidence>,
     ) -> Self {
         let class_kind = class_kinds.iter().map(|k| kinds.binary_search(k).ok()).collect();
@@ -74,6 +122,7 @@ impl KindHead {
             classifier,
             domain,
             confidence,
+            input,
         }
     }
 
@@ -138,8 +187,11 @@ mod tests {
         KindHead::new(
             vec!["apple".into(), "pear".into()],
             &class_kinds,
-            Classifier::LogisticRegression(lr.clone()),
-            Classifier::LogisticRegression(lr),
+            (
+                Classifier::LogisticRegression(lr.clone()),
+                Classifier::LogisticRegression(lr),
+            ),
+            KindInput::SqrtFeatures,
             None,
         )
     }
@@ -171,6 +223,20 @@ mod tests {
         }
         assert!((combined.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(head.class_kinds(), ["apple", "pear", "apple"]);
+    }
+
+    #[test]
+    fn the_sqrt_input_reads_features_and_the_reduced_input_the_projection() {
+        let (features, reduced) = ([4.0f32, 0.25, -1e-7, 0.0], [7.0f32]);
+        assert_eq!(*KindInput::SqrtFeatures.rows(&features, &reduced), [2.0, 0.5, 0.0, 0.0]);
+        assert_eq!(*KindInput::Reduced.rows(&features, &reduced), [7.0]);
+        assert_eq!(KindInput::SqrtFeatures.dim(1280, 301), 1280);
+        assert_eq!(KindInput::Reduced.dim(1280, 301), 301);
+        // Bundles written before the field existed read the projection.
+        let old: KindInput = serde_json::from_str::<Option<KindInput>>("null")
+            .unwrap()
+            .unwrap_or_default();
+        assert_eq!(old, KindInput::Reduced);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod kinds;
 
-pub use kinds::{KindAnswer, KindHead, KindHeadRef};
+pub use kinds::{KindAnswer, KindHead, KindHeadRef, KindInput};
 
 pub const MANIFEST: &str = "bundle.json";
 pub const FORMAT: u32 = 1;
@@ -86,6 +86,72 @@ pub struct BundleManifest {
     /// The kind head (see [`kinds`]), when trained with real photos.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind_head: Option<KindHeadRef>,
+}
+
+impl BundleManifest {
+    /// Checks what `bundle.json` says before anything is read on its word:
+    /// digests are sha256 hex, files are plain names in the bundle folder,
+    /// sizes and thresholds are in range. A damaged or hand-edited manifest
+    /// becomes one clear error, never a panic or a read outside the folder.
+    pub fn check(&self) -> Result<(), String> {
+        if self.classes.is_empty() || self.classes.iter().any(|c| c.trim().is_empty()) {
+            return Err("classes must be a list of non-empty names".into());
+        }
+        if !(MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(&self.input_size) {
+            return Err(format!(
+                "input_size {} is outside {MIN_INPUT_SIZE}..={MAX_INPUT_SIZE}",
+                self.input_size
+            ));
+        }
+        check_sha256("backbone.onnx.sha256", &self.backbone.onnx.sha256)?;
+        let mut files = vec![("pca", &self.pca)];
+        files.extend(self.classifiers.iter().map(|(name, f)| (name.as_str(), f)));
+        if let Some(head) = &self.kind_head {
+            files.extend([
+                ("kind_head.classifier", &head.classifier),
+                ("kind_head.domain", &head.domain),
+            ]);
+        }
+        for (what, file) in files {
+            check_file_name(what, &file.file)?;
+            check_sha256(what, &file.sha256)?;
+        }
+        let thresholds = self.confidence.iter().map(|(_, c)| c);
+        for c in thresholds.chain(self.kind_head.iter().filter_map(|h| h.confidence.as_ref())) {
+            if !(0.0..=1.0).contains(&c.min_probability) {
+                return Err(format!(
+                    "a confidence threshold of {} is not a probability",
+                    c.min_probability
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Smallest and largest backbone input side a bundle may ask for.
+const MIN_INPUT_SIZE: u32 = 32;
+const MAX_INPUT_SIZE: u32 = 1024;
+
+fn check_sha256(what: &str, sha: &str) -> Result<(), String> {
+    match sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        true => Ok(()),
+        false => Err(format!(
+            "{what}: sha256 is not 64 hex digits ({} characters)",
+            sha.chars().count()
+        )),
+    }
+}
+
+fn check_file_name(what: &str, file: &str) -> Result<(), String> {
+    let plain = !file.is_empty() && file != "." && file != ".." && !file.contains(['/', '\\']);
+    match plain {
+        true => Ok(()),
+        false => Err(format!(
+            "{what}: file '{}' is not a plain name in the bundle folder",
+            file.chars().take(64).collect::<String>().escape_debug()
+        )),
+    }
 }
 
 /// A loaded bundle.
@@ -171,6 +237,7 @@ impl Bundle {
                     classifier: put(dir, "kinds.json", bytes).await?,
                     domain: put(dir, "domain.json", domain).await?,
                     confidence: head.confidence,
+                    input: head.input,
                 })
             }
         };
@@ -202,6 +269,7 @@ impl Bundle {
                 format!("format {} (this build reads {FORMAT})", manifest.format),
             ));
         }
+        manifest.check().map_err(|e| invalid(&manifest_uri, e))?;
         let pca_uri = dir.child(&manifest.pca.file);
         let pca_bytes = read_checked(&pca_uri, &manifest.pca.sha256).await?;
         let pca = Pca::from_json(&pca_uri.to_string(), &pca_bytes)?;
@@ -217,7 +285,7 @@ impl Bundle {
         }
         let kind_head = match &manifest.kind_head {
             None => None,
-            Some(head) => Some(load_kind_head(&dir, head, manifest.classes.len()).await?),
+            Some(head) => Some(load_kind_head(&dir, head, manifest.classes.len(), &pca).await?),
         };
         let bundle = Self {
             manifest,
@@ -256,8 +324,10 @@ impl Bundle {
                 studio: None,
             });
         };
-        let kind_p = head.classifier.predict_proba(self.pca.k, &reduced)?;
-        let domain = head.domain.predict_proba(self.pca.k, &reduced)?;
+        let dim = head.input.dim(self.pca.dim, self.pca.k);
+        let x = head.input.rows(features, &reduced);
+        let kind_p = head.classifier.predict_proba(dim, &x)?;
+        let domain = head.domain.predict_proba(dim, &x)?;
         let c = self.manifest.classes.len();
         let (mut mixed, mut kinds, mut studio) = (Vec::with_capacity(classes.len()), Vec::new(), Vec::new());
         let rows = classes.chunks(c).zip(kind_p.chunks(head.kinds.len()));
@@ -310,8 +380,8 @@ impl Predictor {
         let (want, have) = (&bundle.manifest.backbone.onnx.sha256, &backbone.manifest().onnx.sha256);
         if want != have {
             return Err(Error::BackboneMismatch {
-                bundle: want[..12].into(),
-                installed: have[..12].into(),
+                bundle: fruits_common::short_digest(want, 12).into(),
+                installed: fruits_common::short_digest(have, 12).into(),
             });
         }
         let m = backbone.manifest();
@@ -353,7 +423,7 @@ impl Predictor {
     }
 }
 
-async fn load_kind_head(dir: &Location, head: &KindHeadRef, classes: usize) -> Result<KindHead, Error> {
+async fn load_kind_head(dir: &Location, head: &KindHeadRef, classes: usize, pca: &Pca) -> Result<KindHead, Error> {
     let load = |file: &FileRef| {
         let uri = dir.child(&file.file);
         let sha256 = file.sha256.clone();
@@ -372,11 +442,18 @@ async fn load_kind_head(dir: &Location, head: &KindHeadRef, classes: usize) -> R
     if domain.classes() != 2 {
         return Err(invalid(&domain_uri, "the domain gate has two outputs"));
     }
+    let dim = head.input.dim(pca.dim, pca.k);
+    if classifier.dim() != dim || domain.dim() != dim {
+        return Err(invalid(
+            &uri,
+            format!("the kind head reads {:?} rows of {dim} values", head.input),
+        ));
+    }
     Ok(KindHead::new(
         head.kinds.clone(),
         &head.class_kinds,
-        classifier,
-        domain,
+        (classifier, domain),
+        head.input,
         head.confidence,
     ))
 }

@@ -146,11 +146,60 @@ fn with_kind_head() -> Bundle {
     b.kind_head = Some(KindHead::new(
         vec!["citrus".into(), "pome".into()],
         &["pome".into(), "citrus".into()],
-        Classifier::LogisticRegression(lr),
-        Classifier::LogisticRegression(domain),
+        (
+            Classifier::LogisticRegression(lr),
+            Classifier::LogisticRegression(domain),
+        ),
+        KindInput::Reduced,
         Some(confidence),
     ));
     b
+}
+
+/// [`with_kind_head`] with a head that reads the square roots of the
+/// features (three per row) instead of the projection.
+fn with_sqrt_kind_head() -> Bundle {
+    let mut b = with_kind_head();
+    let x: Vec<f32> = (0..20)
+        .flat_map(|i| [if i % 2 == 0 { 1.0 } else { 0.0 }, 0.5, 0.0])
+        .collect();
+    let y: Vec<u32> = (0..20).map(|i| i % 2).collect();
+    let lr = LogisticRegression::fit(&Samples::new(3, &x, &y, 2).unwrap(), LogisticOptions::default()).unwrap();
+    // A gate that calls every row a real photo, so that the kind head answers.
+    let real = vec![0u32; 20];
+    let gate = LogisticRegression::fit(&Samples::new(3, &x, &real, 2).unwrap(), LogisticOptions::default()).unwrap();
+    let head = b.kind_head.as_mut().unwrap();
+    head.classifier = Classifier::LogisticRegression(lr);
+    head.domain = Classifier::LogisticRegression(gate);
+    head.input = KindInput::SqrtFeatures;
+    b
+}
+
+#[tokio::test]
+async fn a_kind_head_reading_sqrt_features_round_trips_and_a_wrong_width_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dir.path().display().to_string();
+    let original = with_sqrt_kind_head();
+    original.save(&Location::parse(&uri).unwrap()).await.unwrap();
+    let loaded = Bundle::load(&uri).await.unwrap();
+    assert_eq!(loaded.kind_head.as_ref().unwrap().input, KindInput::SqrtFeatures);
+    let features = [1.0f32, 0.25, 0.0, 0.0, 0.25, 0.0];
+    let (a, b) = (
+        loaded.classify(&features).unwrap(),
+        original.classify(&features).unwrap(),
+    );
+    assert_eq!(a.kinds, b.kinds);
+    let kinds = a.kinds.unwrap();
+    // Row 0 looks like the training rows of kind 0, row 1 like those of kind 1.
+    assert!(kinds[0] > kinds[1] && kinds[3] > kinds[2], "{kinds:?}");
+
+    // The manifest says the head reads the projection, but its files are 3 wide.
+    let manifest = dir.path().join(MANIFEST);
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    json["kind_head"]["input"] = serde_json::json!("reduced");
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = Bundle::load(&uri).await.unwrap_err().to_string();
+    assert!(err.contains("kinds.json") && err.contains("Reduced"), "{err}");
 }
 
 #[tokio::test]
@@ -187,6 +236,14 @@ async fn a_kind_head_is_saved_checked_and_answers_the_same_after_loading() {
         std::fs::write(dir.path().join(file), good).unwrap();
     }
     Bundle::load(&uri).await.expect("loads again once repaired");
+
+    // A manifest from before `input` was recorded: the head reads the projection.
+    let manifest = dir.path().join(MANIFEST);
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    json["kind_head"].as_object_mut().unwrap().remove("input");
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    let old = Bundle::load(&uri).await.unwrap();
+    assert_eq!(old.kind_head.unwrap().input, KindInput::Reduced);
 }
 
 #[tokio::test]
@@ -200,4 +257,45 @@ async fn a_bundle_without_a_kind_head_still_loads_and_has_no_kinds() {
     let loaded = Bundle::load(&uri).await.unwrap();
     assert!(loaded.kind_head.is_none());
     assert!(loaded.classify(&[1.0, 0.5, 0.2]).unwrap().kinds.is_none());
+}
+
+#[tokio::test]
+async fn a_damaged_manifest_is_one_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dir.path().display().to_string();
+    with_kind_head().save(&Location::parse(&uri).unwrap()).await.unwrap();
+    let manifest = dir.path().join(MANIFEST);
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    type Damage = (&'static str, fn(&mut serde_json::Value));
+    let damages: [Damage; 7] = [
+        (
+            "backbone.onnx.sha256: sha256 is not 64 hex digits (3 characters)",
+            |m| m["backbone"]["onnx"]["sha256"] = "abc".into(),
+        ),
+        ("pca: sha256 is not 64 hex digits", |m| {
+            m["pca"]["sha256"] = "é".repeat(64).into()
+        }),
+        ("logistic_regression: file '../pca.json' is not a plain name", |m| {
+            m["classifiers"][0][1]["file"] = "../pca.json".into()
+        }),
+        ("kind_head.domain: file '' is not a plain name", |m| {
+            m["kind_head"]["domain"]["file"] = "".into()
+        }),
+        ("input_size 0 is outside", |m| m["input_size"] = 0.into()),
+        ("classes must be a list of non-empty names", |m| {
+            m["classes"][1] = " ".into()
+        }),
+        ("a confidence threshold of 2 is not a probability", |m| {
+            m["kind_head"]["confidence"]["min_probability"] = 2.0.into()
+        }),
+    ];
+    for (expected, damage) in damages {
+        let mut m = good.clone();
+        damage(&mut m);
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let err = Bundle::load(&uri).await.unwrap_err().to_string();
+        assert!(err.contains(MANIFEST) && err.contains(expected), "{expected}: {err}");
+    }
+    std::fs::write(&manifest, serde_json::to_vec(&good).unwrap()).unwrap();
+    Bundle::load(&uri).await.expect("the repaired manifest loads");
 }

@@ -170,6 +170,14 @@ impl Classifier {
             Classifier::RandomForest(m) => m.classes,
         }
     }
+
+    /// Length of the input rows it was trained on.
+    pub fn dim(&self) -> usize {
+        match self {
+            Classifier::LogisticRegression(m) => m.dim,
+            Classifier::RandomForest(m) => m.dim,
+        }
+    }
 }
 
 #[cfg(test)]
