@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::featurize::{run_on, view_order, FeaturizeJob, Summary};
 use crate::job::JobContext;
-use crate::kinds::{check_photo_folders, score_on_studio, train_kind_head_off_runtime, KindMetrics};
+use crate::kinds::{check_photo_folders, score_on_studio, studio_sample, train_kind_head_off_runtime, KindMetrics};
 use crate::learn::{fit_pca, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows, Scored};
 use crate::{Error, Progress};
 
@@ -164,7 +164,7 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         false => {
             stages.start("train kinds", progress);
             let (photos, opts) = (projected.photos, job.learn.kinds);
-            let studio = &projected.train_features;
+            let studio = &projected.studio_features;
             Some(train_kind_head_off_runtime(photos, views, studio, &learned.classes, opts).await?)
         }
     };
@@ -315,9 +315,11 @@ struct Projected {
     test: Rows,
     /// Feature rows of every real photo (labelled by kind), sorted by path.
     photos: Rows,
-    /// The splits' feature rows too, in the same order, when the job has
-    /// photos (the kind head reads features, not the projection); else empty.
-    train_features: Rows,
+    /// When the job has photos (the kind head reads features, not the
+    /// projection), else empty: the feature rows of the training split's
+    /// [`studio_sample`] (a few per class, not the whole split), and of the
+    /// test split in the order of `test`.
+    studio_features: Rows,
     test_features: Rows,
 }
 
@@ -383,13 +385,15 @@ async fn project_and_write(
     rows.iter_mut().chain(&mut features).for_each(Rows::sort_by_path);
     let [train, test, _] = rows;
     let [train_features, test_features, photos] = features;
+    let studio_features = studio_sample(&train_features, job.learn.kinds.studio_per_class);
+    drop(train_features);
     let (files, _) = writer.finish().await?;
     Ok(Projected {
         files,
         train,
         test,
         photos,
-        train_features,
+        studio_features,
         test_features,
     })
 }
