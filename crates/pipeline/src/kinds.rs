@@ -161,16 +161,15 @@ pub async fn featurize_photos(
     Ok((photo_rows, view_rows))
 }
 
-/// [`train_kind_head`] on a blocking thread, with [`studio_sample`] of the
-/// training split's feature rows: what `run` and `train` both call.
+/// [`train_kind_head`] on a blocking thread: what `run` and `train` both
+/// call, with [`studio_sample`] of the training split's feature rows.
 pub async fn train_kind_head_off_runtime(
     photos: Rows,
     views: Rows,
-    train: &Rows,
+    studio: Rows,
     classes: &[String],
     opts: KindOptions,
 ) -> Result<(KindHead, KindMetrics), Error> {
-    let studio = studio_sample(train, opts.studio_per_class);
     let classes = classes.to_vec();
     tokio::task::spawn_blocking(move || train_kind_head(&photos, &views, &studio, &classes, &opts))
         .await

@@ -362,11 +362,12 @@ pub async fn train_bundle(
     let pca = fit_pca(ctx, &folder, opts.components).await?;
     let mut seconds = vec![("PCA".to_string(), t.elapsed().as_secs_f64())];
     let rows = read_featurized(ctx, &features).await?;
+    // The kind head learns from a few studio shots per class, as features.
+    let studio = photos.map(|_| crate::kinds::studio_sample(&rows, opts.kinds.studio_per_class));
     let reduced = Rows {
         dim: pca.k,
         x: pca.project(&rows.x)?,
-        paths: rows.paths.clone(),
-        labels: rows.labels.clone(),
+        ..rows
     };
     let learned = train_off_runtime(reduced, *opts).await?;
     seconds.extend(
@@ -375,10 +376,10 @@ pub async fn train_bundle(
             .iter()
             .map(|t| (t.classifier.name().to_string(), t.seconds)),
     );
-    let kind_head = match photos {
-        Some(p) => {
+    let kind_head = match photos.zip(studio) {
+        Some((p, studio)) => {
             let t = Instant::now();
-            let head = learn_kinds(ctx, &out, p, input_size, &rows, &learned.classes, opts).await?;
+            let head = learn_kinds(ctx, &out, p, input_size, studio, &learned.classes, opts).await?;
             seconds.push(("kind head".to_string(), t.elapsed().as_secs_f64()));
             Some(head)
         }
@@ -407,14 +408,14 @@ pub async fn train_bundle(
 }
 
 /// Featurizes the real photos and their views into `OUTPUT/_work/` and
-/// trains the kind head on them and on studio rows of `train` (the feature
-/// rows of the training split, `classes` its classes), removing the scratch.
+/// trains the kind head on them and on `studio` (feature rows of studio
+/// shots, `classes` the bundle's classes), removing the scratch.
 async fn learn_kinds(
     ctx: &SessionContext,
     out: &Location,
     photos: &TrainPhotos,
     input_size: u32,
-    train: &Rows,
+    studio: Rows,
     classes: &[String],
     opts: &LearnOptions,
 ) -> Result<fruits_bundle::KindHead, Error> {
@@ -444,7 +445,7 @@ async fn learn_kinds(
     fruits_output::remove_prefix(out, &scratch).await;
     let (photo_rows, view_rows) = featurized?;
     let (head, metrics) =
-        crate::kinds::train_kind_head_off_runtime(photo_rows, view_rows, train, classes, opts.kinds).await?;
+        crate::kinds::train_kind_head_off_runtime(photo_rows, view_rows, studio, classes, opts.kinds).await?;
     tracing::info!(
         photos = metrics.photos,
         views = metrics.views,

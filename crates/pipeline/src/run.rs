@@ -163,8 +163,7 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         true => None,
         false => {
             stages.start("train kinds", progress);
-            let (photos, opts) = (projected.photos, job.learn.kinds);
-            let studio = &projected.studio_features;
+            let (photos, studio, opts) = (projected.photos, projected.studio_features, job.learn.kinds);
             Some(train_kind_head_off_runtime(photos, views, studio, &learned.classes, opts).await?)
         }
     };
@@ -347,7 +346,9 @@ async fn project_and_write(
         datafusion::parquet::file::metadata::KeyValue::new("fruits.pca_k".into(), pca.k.to_string()),
     ];
     let mut writer = cx.part_writer("features", schema.clone(), metadata);
-    let mut rows = [Rows::default(), Rows::default(), Rows::default()];
+    // Reduced rows of train and test for the variety head; feature rows of
+    // all three splits for the kind head, when the job has photos.
+    let mut reduced: [Rows; 2] = Default::default();
     let mut features: [Rows; 3] = Default::default();
     let keep_features = !job.photos.is_empty();
     // One query per split (a UNION sorted on the split constant trips
@@ -374,7 +375,9 @@ async fn project_and_write(
         let mut stream = df.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             let batch = conform(&batch?, &schema)?;
-            rows[at].extend(&batch, "pca")?;
+            if let Some(rows) = reduced.get_mut(at) {
+                rows.extend(&batch, "pca")?;
+            }
             if keep_features {
                 features[at].extend(&batch, "features")?;
             }
@@ -382,8 +385,8 @@ async fn project_and_write(
         }
     }
     // Training must not depend on the order tasks finished in.
-    rows.iter_mut().chain(&mut features).for_each(Rows::sort_by_path);
-    let [train, test, _] = rows;
+    reduced.iter_mut().chain(&mut features).for_each(Rows::sort_by_path);
+    let [train, test] = reduced;
     let [train_features, test_features, photos] = features;
     let studio_features = studio_sample(&train_features, job.learn.kinds.studio_per_class);
     drop(train_features);

@@ -56,6 +56,22 @@ fn bundle() -> Bundle {
     )
 }
 
+/// The `bundle.json` of the bundle folder `dir`, as JSON.
+fn read_manifest(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).unwrap()).unwrap()
+}
+
+fn write_manifest(dir: &std::path::Path, manifest: &serde_json::Value) {
+    std::fs::write(dir.join(MANIFEST), serde_json::to_vec(manifest).unwrap()).unwrap();
+}
+
+/// Rewrites the `bundle.json` of the bundle folder `dir` with `edit` applied.
+fn edit_manifest(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut manifest = read_manifest(dir);
+    edit(&mut manifest);
+    write_manifest(dir, &manifest);
+}
+
 async fn saved() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let uri = dir.path().display().to_string();
@@ -95,14 +111,11 @@ async fn a_missing_or_foreign_manifest_is_refused() {
     std::fs::remove_file(dir.path().join("logistic_regression.json")).unwrap();
     assert!(Bundle::load(&uri).await.is_err(), "a bundle without its classifier");
 
-    let manifest = dir.path().join(MANIFEST);
-    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    json["format"] = serde_json::json!(FORMAT + 1);
-    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    edit_manifest(dir.path(), |m| m["format"] = serde_json::json!(FORMAT + 1));
     let err = Bundle::load(&uri).await.unwrap_err().to_string();
     assert!(err.contains("this build reads"), "{err}");
 
-    std::fs::write(&manifest, b"{ not json").unwrap();
+    std::fs::write(dir.path().join(MANIFEST), b"{ not json").unwrap();
     assert!(Bundle::load(&uri).await.unwrap_err().to_string().contains(MANIFEST));
 
     let empty = tempfile::tempdir().unwrap();
@@ -113,10 +126,9 @@ async fn a_missing_or_foreign_manifest_is_refused() {
 #[tokio::test]
 async fn an_unknown_default_classifier_is_refused() {
     let (dir, uri) = saved().await;
-    let manifest = dir.path().join(MANIFEST);
-    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    json["default_classifier"] = serde_json::json!("random_forest");
-    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    edit_manifest(dir.path(), |m| {
+        m["default_classifier"] = serde_json::json!("random_forest")
+    });
     let err = Bundle::load(&uri).await.unwrap_err();
     assert!(
         matches!(err, Error::NoSuchClassifier(ref n) if n == "random_forest"),
@@ -194,10 +206,7 @@ async fn a_kind_head_reading_sqrt_features_round_trips_and_a_wrong_width_is_refu
     assert!(kinds[0] > kinds[1] && kinds[3] > kinds[2], "{kinds:?}");
 
     // The manifest says the head reads the projection, but its files are 3 wide.
-    let manifest = dir.path().join(MANIFEST);
-    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    json["kind_head"]["input"] = serde_json::json!("reduced");
-    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    edit_manifest(dir.path(), |m| m["kind_head"]["input"] = serde_json::json!("reduced"));
     let err = Bundle::load(&uri).await.unwrap_err().to_string();
     assert!(err.contains("kinds.json") && err.contains("Reduced"), "{err}");
 }
@@ -238,10 +247,9 @@ async fn a_kind_head_is_saved_checked_and_answers_the_same_after_loading() {
     Bundle::load(&uri).await.expect("loads again once repaired");
 
     // A manifest from before `input` was recorded: the head reads the projection.
-    let manifest = dir.path().join(MANIFEST);
-    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    json["kind_head"].as_object_mut().unwrap().remove("input");
-    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    edit_manifest(dir.path(), |m| {
+        m["kind_head"].as_object_mut().unwrap().remove("input");
+    });
     let old = Bundle::load(&uri).await.unwrap();
     assert_eq!(old.kind_head.unwrap().input, KindInput::Reduced);
 }
@@ -264,8 +272,7 @@ async fn a_damaged_manifest_is_one_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let uri = dir.path().display().to_string();
     with_kind_head().save(&Location::parse(&uri).unwrap()).await.unwrap();
-    let manifest = dir.path().join(MANIFEST);
-    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let good = read_manifest(dir.path());
     type Damage = (&'static str, fn(&mut serde_json::Value));
     let damages: [Damage; 7] = [
         (
@@ -292,10 +299,10 @@ async fn a_damaged_manifest_is_one_clear_error_not_a_panic() {
     for (expected, damage) in damages {
         let mut m = good.clone();
         damage(&mut m);
-        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        write_manifest(dir.path(), &m);
         let err = Bundle::load(&uri).await.unwrap_err().to_string();
         assert!(err.contains(MANIFEST) && err.contains(expected), "{expected}: {err}");
     }
-    std::fs::write(&manifest, serde_json::to_vec(&good).unwrap()).unwrap();
+    write_manifest(dir.path(), &good);
     Bundle::load(&uri).await.expect("the repaired manifest loads");
 }
