@@ -34,6 +34,12 @@ install_model() {
   "$FRUITS_BIN" model install
 }
 
+# Photos without fruit for the "not a fruit" tests (scripts/non-fruit-photos).
+export FRUITS_NON_FRUIT_DIR="${FRUITS_NON_FRUIT_DIR:-$HOME/.cache/fruits/non-fruit}"
+install_non_fruit_photos() {
+  "$(dirname "${BASH_SOURCE[0]}")/non-fruit-photos" "$FRUITS_NON_FRUIT_DIR"
+}
+
 # Installs what the web page test needs: Debian's Chromium, Node.js, and
 # playwright-core (pinned in crates/cli/tests/browser/package-lock.json).
 ensure_browser() {

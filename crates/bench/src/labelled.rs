@@ -38,6 +38,29 @@ pub fn list_labelled(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
     Ok(out)
 }
 
+/// Every image file directly in `dir` (by extension: jpg, jpeg, png, webp),
+/// sorted; other files (a licence, a checksum list) are skipped; none is an error.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let io = |e: std::io::Error| Error::Setup(format!("{}: {e}", dir.display()));
+    let is_image = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| ["jpg", "jpeg", "png", "webp"].contains(&e.to_ascii_lowercase().as_str()))
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_file() && is_image(&path) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(Error::Setup(format!("{}: no jpg, png or webp images", dir.display())));
+    }
+    Ok(out)
+}
+
 /// `n` entries spread evenly over the sorted list (so over the labels).
 pub fn spread(labelled: &[(String, PathBuf)], n: usize) -> Vec<&(String, PathBuf)> {
     let step = (labelled.len() / n.max(1)).max(1);

@@ -7,6 +7,10 @@
 //! probabilities summed by kind for a model without one). Reported: top-1 and top-3 kind accuracy,
 //! per-kind recall, the most confused pairs, the share of answers marked
 //! confident and how often those are right, and the latency of one photo.
+//!
+//! With `not_fruit` (a folder of photos without any fruit: a face, a room,
+//! grass), also how many of those get a confident fruit name (false alarms)
+//! and how many are told "this does not look like a fruit we know".
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +21,7 @@ use fruits_serve::identify::{identify, Ask, IdentifyError};
 use fruits_serve::{Limits, Model, ModelSource};
 use serde::Serialize;
 
-use crate::labelled::{label_folders, list_labelled, read, spread};
+use crate::labelled::{label_folders, list_images, list_labelled, read, spread};
 use crate::Error;
 
 #[derive(Debug, Clone)]
@@ -26,6 +30,20 @@ pub struct PhotosBenchOptions {
     pub input: PathBuf,
     /// At most this many photos (spread over the kinds); all when `None`.
     pub limit: Option<usize>,
+    /// `DIR/<photo>`: photos without fruit.
+    pub not_fruit: Option<PathBuf>,
+}
+
+/// What the model said of photos without fruit.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotFruitReport {
+    pub photos: usize,
+    /// Share named as a fruit with confidence: false alarms.
+    pub confident: f64,
+    /// Share told "this does not look like a fruit we know".
+    pub said_not_a_fruit: f64,
+    /// The photos named with confidence, and the kind they were given.
+    pub false_alarms: Vec<(String, String)>,
 }
 
 /// One kind's share of right answers.
@@ -60,6 +78,7 @@ pub struct PhotosReport {
     pub per_kind: Vec<KindRecall>,
     /// The most frequent wrong answers, most frequent first (10 at most).
     pub confused: Vec<Confusion>,
+    pub not_fruit: Option<NotFruitReport>,
 }
 
 /// One photo's outcome.
@@ -68,22 +87,52 @@ struct Answer {
     /// Kinds, most probable first (empty when refused).
     ranked: Vec<String>,
     confident: bool,
+    not_a_fruit: bool,
     ms: f64,
 }
 
 pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<PhotosReport, Error> {
     let catalog = Catalog::embedded();
     let photos = list_kind_photos(&opts.input, catalog, opts.limit)?;
+    let not_fruit = opts.not_fruit.as_deref().map(list_images).transpose()?;
     let model = Model::load(&source).await.map_err(fruits_serve::Error::Model)?;
-    let answers = tokio::task::spawn_blocking(move || {
-        photos
+    let (answers, not_fruit) = tokio::task::spawn_blocking(move || {
+        let answers = photos
             .iter()
             .map(|(kind, path)| answer(&model, catalog, kind, path))
-            .collect::<Result<Vec<_>, Error>>()
+            .collect::<Result<Vec<_>, Error>>()?;
+        let not_fruit = not_fruit
+            .unwrap_or_default()
+            .iter()
+            .map(|path| answer(&model, catalog, "", path).map(|a| (path.clone(), a)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok::<_, Error>((answers, not_fruit))
     })
     .await
     .map_err(|e| Error::Setup(format!("the benchmark thread died: {e}")))??;
-    Ok(report(&answers))
+    let mut r = report(&answers);
+    r.not_fruit = opts.not_fruit.is_some().then(|| not_fruit_report(&not_fruit));
+    Ok(r)
+}
+
+fn not_fruit_report(answers: &[(PathBuf, Answer)]) -> NotFruitReport {
+    let n = answers.len().max(1) as f64;
+    let false_alarms: Vec<(String, String)> = answers
+        .iter()
+        .filter(|(_, a)| a.confident)
+        .map(|(path, a)| {
+            let name = path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            (name, a.ranked.first().cloned().unwrap_or_default())
+        })
+        .collect();
+    NotFruitReport {
+        photos: answers.len(),
+        confident: false_alarms.len() as f64 / n,
+        said_not_a_fruit: answers.iter().filter(|(_, a)| a.not_a_fruit).count() as f64 / n,
+        false_alarms,
+    }
 }
 
 /// Every photo under `dir/<kind>/`, kinds checked against the catalogue
@@ -115,15 +164,20 @@ fn answer(model: &Model, catalog: &Catalog, truth: &str, path: &Path) -> Result<
     let start = Instant::now();
     let result = identify(model, catalog, &bytes, &ask);
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    let (ranked, confident) = match result {
-        Ok(answer) => (answer.kinds.into_iter().map(|k| k.id).collect(), answer.confident),
-        Err(IdentifyError::Photo(_)) => (Vec::new(), false),
+    let (ranked, confident, not_a_fruit) = match result {
+        Ok(answer) => (
+            answer.kinds.into_iter().map(|k| k.id).collect(),
+            answer.confident,
+            answer.not_a_fruit,
+        ),
+        Err(IdentifyError::Photo(_)) => (Vec::new(), false, false),
         Err(e @ IdentifyError::Model(_)) => return Err(Error::Setup(e.to_string())),
     };
     Ok(Answer {
         truth: truth.to_string(),
         ranked,
         confident,
+        not_a_fruit,
         ms,
     })
 }
@@ -179,6 +233,7 @@ fn report(answers: &[Answer]) -> PhotosReport {
             })
             .collect(),
         confused,
+        not_fruit: None,
     }
 }
 
@@ -191,8 +246,24 @@ mod tests {
             truth: truth.into(),
             ranked: ranked.iter().map(|s| s.to_string()).collect(),
             confident,
+            not_a_fruit: false,
             ms,
         }
+    }
+
+    #[test]
+    fn photos_without_fruit_count_false_alarms_and_not_a_fruit_answers() {
+        let mut said = answer("", &["tomato"], false, 1.0);
+        said.not_a_fruit = true;
+        let answers = [
+            (PathBuf::from("d/face.png"), answer("", &["apple", "pear"], true, 1.0)),
+            (PathBuf::from("d/room.jpg"), answer("", &["lemon"], false, 1.0)),
+            (PathBuf::from("d/grass.png"), said),
+            (PathBuf::from("d/cat.png"), answer("", &[], false, 1.0)),
+        ];
+        let r = not_fruit_report(&answers);
+        assert_eq!((r.photos, r.confident, r.said_not_a_fruit), (4, 0.25, 0.25));
+        assert_eq!(r.false_alarms, [("face.png".to_string(), "apple".to_string())]);
     }
 
     #[test]

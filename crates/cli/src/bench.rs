@@ -92,6 +92,10 @@ pub struct PhotosBenchArgs {
     /// At most this many photos, spread over the kinds.
     #[arg(long)]
     limit: Option<usize>,
+    /// Also a folder of photos without fruit (`DIR/<photo>`, e.g. what
+    /// scripts/non-fruit-photos installs): how many get a confident fruit name.
+    #[arg(long, value_name = "DIR")]
+    not_fruit: Option<PathBuf>,
     /// "Not sure" below this top-1 probability [default: the bundle's calibrated threshold]
     #[arg(long)]
     min_confidence: Option<f32>,
@@ -199,6 +203,7 @@ async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {
     let opts = fruits_bench::photos::PhotosBenchOptions {
         input: args.input.clone(),
         limit: args.limit,
+        not_fruit: args.not_fruit.clone(),
     };
     let r = fruits_bench::photos::run(source, &opts).await?;
     if args.json {
@@ -228,6 +233,17 @@ async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {
     println!("most confused (true → answered):");
     for c in &r.confused {
         println!("  {} → {}: {}", c.truth, c.answered, c.photos);
+    }
+    if let Some(nf) = &r.not_fruit {
+        println!(
+            "photos without fruit: {}; named with confidence {:.1} %, told \"does not look like a fruit\" {:.1} %",
+            nf.photos,
+            100.0 * nf.confident,
+            100.0 * nf.said_not_a_fruit
+        );
+        for (photo, kind) in &nf.false_alarms {
+            println!("  {photo} → {kind}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -59,6 +59,21 @@ pub fn real_photos(split: &str) -> PathBuf {
     dir
 }
 
+/// The photos without fruit that scripts/non-fruit-photos installs
+/// (`FRUITS_NON_FRUIT_DIR`, as scripts/test sets it).
+pub fn non_fruit_photos() -> PathBuf {
+    let dir = std::env::var_os("FRUITS_NON_FRUIT_DIR").map(PathBuf::from).expect(
+        "FRUITS_NON_FRUIT_DIR is not set: run the tests through scripts/test (it runs scripts/non-fruit-photos)",
+    );
+    assert!(
+        dir.join("LICENSES.txt").is_file(),
+        "{}: no photos without fruit; run scripts/non-fruit-photos {}",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
 /// Links (never copies) up to `per_kind` real photos of each kind of
 /// `split` into `dest/<kind>/`; returns how many were linked.
 pub fn link_real_photos(split: &str, kinds: &[&str], per_kind: usize, dest: &Path) -> usize {

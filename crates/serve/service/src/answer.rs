@@ -169,8 +169,12 @@ pub struct Identification {
     pub kinds: Vec<RankedKind>,
     /// Most probable varieties (classes) first, consistent with `kind`.
     pub predictions: Vec<Prediction>,
-    /// False when the top kind's probability is under `threshold`: say "not sure".
+    /// False when the top kind's probability is under `threshold`, or when
+    /// the photo hardly looks like produce at all: say "not sure".
     pub confident: bool,
+    /// True when the photo does not look like a fruit or vegetable at all
+    /// (a room, a face, a keyboard): never confident, and `message` says so.
+    pub not_a_fruit: bool,
     /// What to tell the person, in the requested language: the kind when
     /// confident, else "not sure" (and why).
     pub message: String,
