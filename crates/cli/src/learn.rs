@@ -188,7 +188,8 @@ pub struct PredictArgs {
     /// A model bundle: `OUTPUT/model` of `fruits run`, or OUTPUT itself.
     #[arg(long)]
     model: String,
-    /// Classifier to use [default: the bundle's].
+    /// Only this classifier's classes [default: the bundle's, with the kinds
+    /// of its kind head first when it has one].
     #[arg(long)]
     classifier: Option<String>,
     /// Classes shown per image.
@@ -216,14 +217,31 @@ pub async fn predict_cmd(args: PredictArgs) -> anyhow::Result<ExitCode> {
     for image in &args.images {
         let result = async {
             let bytes = fruits_storage::ObjectUri::from_arg(image)?.read().await?;
-            Ok::<_, anyhow::Error>(predictor.predict(&bytes, args.top, args.classifier.as_deref())?)
+            Ok::<_, anyhow::Error>(match args.classifier.as_deref() {
+                None => predictor.answer(&bytes, args.top)?,
+                Some(name) => fruits_bundle::Answer {
+                    kinds: Vec::new(),
+                    classes: predictor.predict(&bytes, args.top, Some(name))?,
+                },
+            })
         }
         .await;
         match result {
-            Ok(top) if args.json => println!("{}", serde_json::json!({"path": image, "top": top})),
-            Ok(top) => {
+            Ok(answer) if args.json => println!(
+                "{}",
+                serde_json::json!({"path": image, "kinds": answer.kinds, "top": answer.classes})
+            ),
+            Ok(answer) => {
                 println!("{image}");
-                for r in top {
+                if !answer.kinds.is_empty() {
+                    let kinds: Vec<String> = answer
+                        .kinds
+                        .iter()
+                        .map(|k| format!("{} {:.3}", k.label, k.probability))
+                        .collect();
+                    println!("  kind: {}", kinds.join(", "));
+                }
+                for r in answer.classes {
                     println!("  {:<32} {:.3}", r.label, r.probability);
                 }
             }

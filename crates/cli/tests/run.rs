@@ -190,6 +190,7 @@ fn predict_names_held_out_images_and_refuses_a_broken_one() {
     for (line, class) in lines.iter().zip(RUN_CLASSES) {
         let top = line["top"].as_array().unwrap();
         assert_eq!(top.len(), 5);
+        assert_eq!(line["kinds"], serde_json::json!([]), "no photos, no kind head: {line}");
         let total: f64 = top.iter().map(|t| t["probability"].as_f64().unwrap()).sum();
         assert!(total <= 1.0 + 1e-4);
         right += usize::from(top[0]["label"] == class);

@@ -367,6 +367,15 @@ impl Bundle {
     }
 }
 
+/// One image at both levels: kinds (empty without a kind head) and classes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// Kind ids, most probable first.
+    pub kinds: Vec<Ranked>,
+    /// Classes, most probable first, consistent with `kinds`.
+    pub classes: Vec<Ranked>,
+}
+
 /// A bundle with the backbone it was trained on: photos in, classes out.
 pub struct Predictor {
     pub bundle: Bundle,
@@ -407,15 +416,37 @@ impl Predictor {
 
     /// Backbone outputs (features and ImageNet logits) of decoded images, one
     /// batch, prepared as in [`Predictor::features`].
-    pub fn outputs_of(&self, images: &[RgbImage]) -> Result<Outputs, Error> {
+    pub fn outputs_of<I: std::borrow::Borrow<RgbImage>>(&self, images: &[I]) -> Result<Outputs, Error> {
         let mut input = Vec::with_capacity(images.len() * self.spec.len());
         for image in images {
-            fruits_preprocess::prepare_decoded(image, &self.spec, &mut input)?;
+            fruits_preprocess::prepare_decoded(image.borrow(), &self.spec, &mut input)?;
         }
         Ok(self.backbone.run(input, images.len(), self.spec.size)?)
     }
 
-    /// The top `k` classes of one encoded image.
+    /// The top 3 kinds and the top `k` classes of one encoded image, as the
+    /// kind head and the default classifier answer together (the whole
+    /// image, one view: the service's `identify` also looks at parts).
+    pub fn answer(&self, bytes: &[u8], k: usize) -> Result<Answer, Error> {
+        let features = self.features(bytes)?;
+        let p = self.bundle.classify(&features)?;
+        let kinds = match (&p.kinds, &self.bundle.kind_head) {
+            (Some(kp), Some(head)) => top_k(kp, 3)
+                .into_iter()
+                .map(|i| Ranked {
+                    label: head.kinds[i].clone(),
+                    probability: kp[i],
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Answer {
+            kinds,
+            classes: self.bundle.rank(&p.classes, k),
+        })
+    }
+
+    /// The top `k` classes of one encoded image by one classifier.
     pub fn predict(&self, bytes: &[u8], k: usize, classifier: Option<&str>) -> Result<Vec<Ranked>, Error> {
         let features = self.features(bytes)?;
         let proba = self.bundle.classify_features(&features, classifier)?;

@@ -3,6 +3,8 @@
 //! several fruits fills a view the way a Fruits-360 fruit fills its frame.
 //! Pixel geometry only: no model, no wire format beyond the box it reports.
 
+use std::borrow::Cow;
+
 use image::RgbImage;
 
 use crate::answer::BoundingBox;
@@ -11,6 +13,15 @@ use crate::answer::BoundingBox;
 const GRID_SIDE: f32 = 0.6;
 /// Distance between grid views, as a share of their side.
 const GRID_STEP: f32 = 0.75;
+/// Most grid positions along one side. A photo's shorter side always holds
+/// 2 (the side is 60 % of it); a 4:3 photo's longer side holds 3, a 16:9 one
+/// 4. A 448 × 111,607 strip would hold 550: it gets 4, spread evenly (with
+/// gaps between them), so no upload makes more than [`MAX_VIEWS`] views in
+/// one backbone batch.
+const GRID_MAX_ALONG: u32 = 4;
+/// The most views [`plan`] returns: the whole photo, 2 rows of at most
+/// [`GRID_MAX_ALONG`] (the shorter side never holds more than 2).
+pub const MAX_VIEWS: usize = 1 + 2 * GRID_MAX_ALONG as usize;
 
 /// A square view in decoded-image pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,20 +45,22 @@ pub fn plan(width: u32, height: u32, original_shorter: u32, size: u32, regions: 
             views.push(Some(View { x, y, side }));
         }
     }
+    debug_assert!(views.len() <= MAX_VIEWS);
     views
 }
 
-/// Evenly spread starts of `side`-long windows covering `0..length`, at most `step` apart.
+/// Evenly spread starts of `side`-long windows covering `0..length`, at most
+/// `step` apart, and at most [`GRID_MAX_ALONG`] of them.
 fn positions(length: u32, side: u32, step: f32) -> Vec<u32> {
     let room = length.saturating_sub(side);
-    let n = (room as f32 / step).ceil() as u32 + 1;
+    let n = ((room as f32 / step).ceil() as u32 + 1).min(GRID_MAX_ALONG);
     (0..n).map(|i| if n == 1 { 0 } else { room * i / (n - 1) }).collect()
 }
 
-pub fn crop(image: &RgbImage, view: Option<View>) -> RgbImage {
+pub fn crop(image: &RgbImage, view: Option<View>) -> Cow<'_, RgbImage> {
     match view {
-        None => image.clone(),
-        Some(v) => image::imageops::crop_imm(image, v.x, v.y, v.side, v.side).to_image(),
+        None => Cow::Borrowed(image),
+        Some(v) => Cow::Owned(image::imageops::crop_imm(image, v.x, v.y, v.side, v.side).to_image()),
     }
 }
 
@@ -96,5 +109,23 @@ mod tests {
             "the grid reaches the far corner"
         );
         assert_eq!(plan(1008, 756, 3024, 224, false).len(), 1);
+    }
+
+    #[test]
+    fn a_long_strip_gets_a_bounded_grid_that_still_spans_it() {
+        for (w, h) in [(448, 111_607), (111_607, 448), (4000, 2250)] {
+            let views = plan(w, h, w.min(h), 224, true);
+            assert!(views.len() <= MAX_VIEWS, "{w}×{h}: {} views", views.len());
+            let grid: Vec<View> = views.iter().flatten().copied().collect();
+            assert!(grid.iter().all(|v| v.x + v.side <= w && v.y + v.side <= h));
+            let far = grid.last().unwrap();
+            assert_eq!(
+                (far.x + far.side, far.y + far.side),
+                (w, h),
+                "{w}×{h}: reaches the far corner"
+            );
+        }
+        // 16:9 keeps its full grid: 4 columns, 2 rows.
+        assert_eq!(plan(4000, 2250, 2250, 224, true).len(), 9);
     }
 }
