@@ -20,6 +20,7 @@ pub mod classify;
 pub mod cluster;
 pub mod featurize;
 pub mod labelled;
+pub mod pairs;
 pub mod photos;
 pub mod process;
 pub mod scene;

@@ -10,7 +10,8 @@
 //!
 //! With `not_fruit` (a folder of photos without any fruit: a face, a room,
 //! grass), also how many of those get a confident fruit name (false alarms)
-//! and how many are told "this does not look like a fruit we know".
+//! and how many are told "this does not look like a fruit we know". With
+//! `pairs`, photos of two fruits made of two of them ([`crate::pairs`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use fruits_serve::{Limits, Model, ModelSource};
 use serde::Serialize;
 
 use crate::labelled::{label_folders, list_images, list_labelled, read, spread};
+use crate::pairs::{PairAnswer, PairsReport};
 use crate::Error;
 
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub struct PhotosBenchOptions {
     pub limit: Option<usize>,
     /// `DIR/<photo>`: photos without fruit.
     pub not_fruit: Option<PathBuf>,
+    /// Photos of two fruits to make of the photos (0: none).
+    pub pairs: usize,
 }
 
 /// What the model said of photos without fruit.
@@ -79,6 +83,7 @@ pub struct PhotosReport {
     /// The most frequent wrong answers, most frequent first (10 at most).
     pub confused: Vec<Confusion>,
     pub not_fruit: Option<NotFruitReport>,
+    pub pairs: Option<PairsReport>,
 }
 
 /// One photo's outcome.
@@ -96,7 +101,8 @@ pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<Photo
     let photos = list_kind_photos(&opts.input, catalog, opts.limit)?;
     let not_fruit = opts.not_fruit.as_deref().map(list_images).transpose()?;
     let model = Model::load(&source).await.map_err(fruits_serve::Error::Model)?;
-    let (answers, not_fruit) = tokio::task::spawn_blocking(move || {
+    let pairs = opts.pairs;
+    let (answers, not_fruit, pairs) = tokio::task::spawn_blocking(move || {
         let answers = photos
             .iter()
             .map(|(kind, path)| answer(&model, catalog, kind, path))
@@ -106,13 +112,42 @@ pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<Photo
             .iter()
             .map(|path| answer(&model, catalog, "", path).map(|a| (path.clone(), a)))
             .collect::<Result<Vec<_>, Error>>()?;
-        Ok::<_, Error>((answers, not_fruit))
+        let pairs = crate::pairs::pick(&photos.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), pairs)
+            .into_iter()
+            .map(|(a, b)| pair_answer(&model, catalog, &photos[a], &photos[b]))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok::<_, Error>((answers, not_fruit, pairs))
     })
     .await
     .map_err(|e| Error::Setup(format!("the benchmark thread died: {e}")))??;
     let mut r = report(&answers);
     r.not_fruit = opts.not_fruit.is_some().then(|| not_fruit_report(&not_fruit));
+    r.pairs = (opts.pairs > 0).then(|| crate::pairs::report(&pairs));
     Ok(r)
+}
+
+/// Two photos side by side, through `identify` with regions.
+fn pair_answer(
+    model: &Model,
+    catalog: &Catalog,
+    (kind_a, a): &(String, PathBuf),
+    (kind_b, b): &(String, PathBuf),
+) -> Result<PairAnswer, Error> {
+    let decode =
+        |p: &Path| fruits_preprocess::decode(&read(p)?).map_err(|e| Error::Setup(format!("{}: {e}", p.display())));
+    let photo = crate::scene::jpeg(&crate::pairs::side_by_side(&decode(a)?, &decode(b)?), 90);
+    let ask = Ask {
+        lang: Lang::En,
+        top: 5,
+        regions: true,
+        max_pixels: Limits::default().pixels,
+    };
+    let answer = identify(model, catalog, &photo, &ask).map_err(|e| Error::Setup(e.to_string()))?;
+    Ok(PairAnswer {
+        kinds: (kind_a.clone(), kind_b.clone()),
+        ranked: answer.kinds.into_iter().map(|k| k.id).collect(),
+        regions: answer.regions.into_iter().map(|r| r.kind).collect(),
+    })
 }
 
 fn not_fruit_report(answers: &[(PathBuf, Answer)]) -> NotFruitReport {
@@ -234,6 +269,7 @@ fn report(answers: &[Answer]) -> PhotosReport {
             .collect(),
         confused,
         not_fruit: None,
+        pairs: None,
     }
 }
 

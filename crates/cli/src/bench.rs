@@ -96,6 +96,10 @@ pub struct PhotosBenchArgs {
     /// scripts/non-fruit-photos installs): how many get a confident fruit name.
     #[arg(long, value_name = "DIR")]
     not_fruit: Option<PathBuf>,
+    /// Also this many photos of two fruits, each two of the photos side by
+    /// side (different kinds): how often both are found.
+    #[arg(long, default_value_t = 0)]
+    pairs: usize,
     /// "Not sure" below this top-1 probability [default: the bundle's calibrated threshold]
     #[arg(long)]
     min_confidence: Option<f32>,
@@ -204,6 +208,7 @@ async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {
         input: args.input.clone(),
         limit: args.limit,
         not_fruit: args.not_fruit.clone(),
+        pairs: args.pairs,
     };
     let r = fruits_bench::photos::run(source, &opts).await?;
     if args.json {
@@ -244,6 +249,16 @@ async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {
         for (photo, kind) in &nf.false_alarms {
             println!("  {photo} → {kind}");
         }
+    }
+    if let Some(p) = &r.pairs {
+        println!(
+            "photos of two fruits: {}; either leads {:.1} %, either in the top 3 {:.1} %; fruits found {:.1} %, both found {:.1} %",
+            p.photos,
+            100.0 * p.either_top1,
+            100.0 * p.either_top3,
+            100.0 * p.fruits_found,
+            100.0 * p.both_found
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -157,7 +157,8 @@ pub struct IdentifyQuery {
     lang: Option<String>,
     /// How many ranked predictions (1 to 20, default 5).
     top: Option<usize>,
-    /// Look at parts of large photos for several fruits (default true).
+    /// Look at parts of the photo too (default true): the answer is their
+    /// mean with the whole, and several fruits become `regions`.
     regions: Option<bool>,
 }
 

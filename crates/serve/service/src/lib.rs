@@ -4,7 +4,7 @@
 //! - [`api`]: routes, the upload path, the OpenAPI document;
 //! - [`error`]: every failure as `{"error", "code"}`; domain errors become HTTP here only;
 //! - [`answer`]: the JSON types of the answers (the wire format);
-//! - [`identify`]: one photo to ranked fruits, several views of large photos, regions
+//! - [`identify`]: one photo to ranked fruits, several views of a photo, regions
 //!   (knows nothing of HTTP);
 //! - `views`: where the model looks in a photo (pixel geometry);
 //! - [`model`]: the model bundle and its hot reload;

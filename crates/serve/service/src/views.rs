@@ -1,5 +1,5 @@
-//! Where the model looks in a photo: the whole picture, and for large photos
-//! a grid of overlapping square views, so that a fruit off-centre or one of
+//! Where the model looks in a photo: the whole picture, and unless it is
+//! small a grid of overlapping square views, so that a fruit off-centre or one of
 //! several fruits fills a view the way a Fruits-360 fruit fills its frame.
 //! Pixel geometry only: no model, no wire format beyond the box it reports.
 
@@ -31,11 +31,17 @@ pub struct View {
     pub side: u32,
 }
 
-/// The whole photo, then a grid for photos of at least twice `size` (its
-/// original shorter side `original_shorter`).
+/// Least side of a grid view in the original photo, as a share of the
+/// model's input side: a 348 px shop photo (views of 209 px) gets a grid, as
+/// its training views were cut from such photos; a 100 px studio shot does not.
+const GRID_MIN_VIEW: f32 = 0.9;
+
+/// The whole photo, then a grid when its views keep at least
+/// [`GRID_MIN_VIEW`] of `size` pixels (`original_shorter`: the photo's
+/// shorter side before any reduced-scale decoding).
 pub fn plan(width: u32, height: u32, original_shorter: u32, size: u32, regions: bool) -> Vec<Option<View>> {
     let mut views = vec![None];
-    if !regions || original_shorter < 2 * size {
+    if !regions || (original_shorter as f32 * GRID_SIDE) < GRID_MIN_VIEW * size as f32 {
         return views;
     }
     let side = (width.min(height) as f32 * GRID_SIDE).round() as u32;
@@ -94,6 +100,12 @@ mod tests {
     #[test]
     fn small_images_get_one_view_and_phone_photos_a_grid() {
         assert_eq!(plan(100, 100, 100, 224, true), vec![None]);
+        assert_eq!(plan(320, 320, 320, 224, true), vec![None], "views of 192 px");
+        assert_eq!(
+            plan(348, 348, 348, 224, true).len(),
+            5,
+            "a shop photo: 2 × 2 views of 209 px"
+        );
         let views = plan(1008, 756, 3024, 224, true);
         // 4:3 landscape: three columns, two rows, plus the whole photo.
         assert_eq!(views.len(), 7);
