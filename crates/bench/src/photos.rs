@@ -122,7 +122,8 @@ pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<Photo
     .map_err(|e| Error::Setup(format!("the benchmark thread died: {e}")))??;
     let mut r = report(&answers);
     r.not_fruit = opts.not_fruit.is_some().then(|| not_fruit_report(&not_fruit));
-    r.pairs = (opts.pairs > 0).then(|| crate::pairs::report(&pairs));
+    // None when asked for none, or when the photos hold a single kind.
+    r.pairs = (!pairs.is_empty()).then(|| crate::pairs::report(&pairs));
     Ok(r)
 }
 

@@ -250,6 +250,9 @@ async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {
             println!("  {photo} → {kind}");
         }
     }
+    if args.pairs > 0 && r.pairs.is_none() {
+        println!("photos of two fruits: none made (the photos hold a single kind)");
+    }
     if let Some(p) = &r.pairs {
         println!(
             "photos of two fruits: {}; either leads {:.1} %, either in the top 3 {:.1} %; fruits found {:.1} %, both found {:.1} %",
