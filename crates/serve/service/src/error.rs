@@ -70,13 +70,17 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// A photo that cannot be read is the client's fault (4xx); a model that
-/// fails on a readable photo is ours (500).
+/// fails on a readable photo is ours (500). The model's own message names
+/// files and paths on this server: it goes to the log, not to the client.
 impl From<crate::identify::IdentifyError> for ApiError {
     fn from(e: crate::identify::IdentifyError) -> Self {
         use crate::identify::IdentifyError as E;
         match e {
             E::Photo(e) => e.into(),
-            E::Model(e) => Self::internal(e.to_string()),
+            E::Model(e) => {
+                tracing::error!(error = %e, "the model failed on a readable photo");
+                Self::internal("the model failed on this photo; the service log says why")
+            }
         }
     }
 }
@@ -111,5 +115,32 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identify::IdentifyError;
+
+    #[test]
+    fn a_model_failure_is_a_500_that_names_no_server_path() {
+        let failure = fruits_bundle::Error::Invalid {
+            uri: "file:///srv/fruits/runs/latest/model/kinds.json".into(),
+            cause: "does not match bundle.json's kind head".into(),
+        };
+        let e = ApiError::from(IdentifyError::Model(failure));
+        assert_eq!((e.status, e.code), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+        assert!(
+            !e.message.contains("/srv") && !e.message.contains("kinds.json"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn an_unreadable_photo_stays_the_clients_fault() {
+        let e = ApiError::from(IdentifyError::Photo(fruits_preprocess::Error::Empty));
+        assert_eq!((e.status.is_client_error(), e.code), (true, "empty_body"));
     }
 }
