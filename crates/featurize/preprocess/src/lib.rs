@@ -107,6 +107,9 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Error> 
     if bytes.is_empty() {
         return Err(Error::Empty);
     }
+    if photo::is_jpeg(bytes) {
+        photo::check_scan_count(bytes)?;
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Decode(e.to_string()))?;

@@ -40,6 +40,7 @@ fn decode_unguarded(bytes: &[u8], min_side: u32, max_pixels: u64) -> Result<Phot
     }
     if is_jpeg(bytes) {
         check_complete_jpeg(bytes)?;
+        check_scan_count(bytes)?;
         if let Some(photo) = scaled_jpeg(bytes, min_side, max_pixels)? {
             return Ok(photo);
         }
@@ -52,7 +53,7 @@ fn decode_unguarded(bytes: &[u8], min_side: u32, max_pixels: u64) -> Result<Phot
     })
 }
 
-fn is_jpeg(bytes: &[u8]) -> bool {
+pub(crate) fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xFF, 0xD8, 0xFF])
 }
 
@@ -67,6 +68,24 @@ fn check_complete_jpeg(bytes: &[u8]) -> Result<(), Error> {
         Some(_) => Err(Error::Decode("the JPEG data ends early (truncated file?)".into())),
         None => Err(Error::Decode("the JPEG has no image data (truncated file?)".into())),
     }
+}
+
+/// Most start-of-scan markers a JPEG may hold. A progressive JPEG has about
+/// 10 scans; the decoder accepts any number of repeated refinement scans,
+/// and 20,000 of them over a 7000 × 7000 image cost minutes of CPU.
+const MAX_JPEG_SCANS: usize = 100;
+
+/// Refuses a JPEG with more than [`MAX_JPEG_SCANS`] scans before decoding it.
+/// Entropy-coded data stuffs every 0xFF byte as 0xFF 0x00, so 0xFF 0xDA is
+/// always a marker: counting it is exact and takes one pass over the bytes.
+pub(crate) fn check_scan_count(bytes: &[u8]) -> Result<(), Error> {
+    let scans = bytes.windows(2).filter(|w| *w == [0xFF, 0xDA]).count();
+    if scans > MAX_JPEG_SCANS {
+        return Err(Error::Decode(format!(
+            "the JPEG has {scans} scans, more than the {MAX_JPEG_SCANS} a photo needs"
+        )));
+    }
+    Ok(())
 }
 
 /// `None` when the image is small or not plain RGB/grey: the general decoder takes it.
@@ -206,5 +225,28 @@ mod tests {
         }
         let err = decode_photo(&bytes, 224, 1_000_000).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_jpeg_with_thousands_of_scans_is_refused_before_decoding() {
+        // The image's one scan (SOS up to EOI) repeated: a scan bomb's shape.
+        let bytes = halves(64, 64);
+        let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let scan = &bytes[sos..bytes.len() - 2];
+        let mut bomb = bytes[..sos].to_vec();
+        for _ in 0..2_000 {
+            bomb.extend_from_slice(scan);
+        }
+        bomb.extend_from_slice(&[0xFF, 0xD9]);
+        let err = decode_photo(&bomb, 224, 64_000_000).unwrap_err();
+        assert!(matches!(&err, Error::Decode(m) if m.contains("2000 scans")), "{err:?}");
+        // A progressive JPEG's handful of scans is fine.
+        let mut few = bytes[..sos].to_vec();
+        for _ in 0..MAX_JPEG_SCANS {
+            few.extend_from_slice(scan);
+        }
+        few.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(check_scan_count(&few).is_ok());
+        assert!(decode_photo(&bytes, 224, 64_000_000).is_ok());
     }
 }
