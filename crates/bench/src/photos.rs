@@ -127,6 +127,16 @@ pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<Photo
     Ok(r)
 }
 
+/// What every photo is asked, as the app asks by default.
+fn ask() -> Ask {
+    Ask {
+        lang: Lang::En,
+        top: 5,
+        regions: true,
+        max_pixels: Limits::default().pixels,
+    }
+}
+
 /// Two photos side by side, through `identify` with regions.
 fn pair_answer(
     model: &Model,
@@ -137,13 +147,7 @@ fn pair_answer(
     let decode =
         |p: &Path| fruits_preprocess::decode(&read(p)?).map_err(|e| Error::Setup(format!("{}: {e}", p.display())));
     let photo = crate::scene::jpeg(&crate::pairs::side_by_side(&decode(a)?, &decode(b)?), 90);
-    let ask = Ask {
-        lang: Lang::En,
-        top: 5,
-        regions: true,
-        max_pixels: Limits::default().pixels,
-    };
-    let answer = identify(model, catalog, &photo, &ask).map_err(|e| Error::Setup(e.to_string()))?;
+    let answer = identify(model, catalog, &photo, &ask()).map_err(|e| Error::Setup(e.to_string()))?;
     Ok(PairAnswer {
         kinds: (kind_a.clone(), kind_b.clone()),
         ranked: answer.kinds.into_iter().map(|k| k.id).collect(),
@@ -191,14 +195,8 @@ fn list_kind_photos(dir: &Path, catalog: &Catalog, limit: Option<usize>) -> Resu
 
 fn answer(model: &Model, catalog: &Catalog, truth: &str, path: &Path) -> Result<Answer, Error> {
     let bytes = read(path)?;
-    let ask = Ask {
-        lang: Lang::En,
-        top: 5,
-        regions: true,
-        max_pixels: Limits::default().pixels,
-    };
     let start = Instant::now();
-    let result = identify(model, catalog, &bytes, &ask);
+    let result = identify(model, catalog, &bytes, &ask());
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let (ranked, confident, not_a_fruit) = match result {
         Ok(answer) => (

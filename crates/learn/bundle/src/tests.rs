@@ -73,9 +73,14 @@ fn edit_manifest(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value
 }
 
 async fn saved() -> (tempfile::TempDir, String) {
+    saved_bundle(&bundle()).await
+}
+
+/// `b` saved into a fresh folder: the folder (kept alive) and its URI.
+async fn saved_bundle(b: &Bundle) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let uri = dir.path().display().to_string();
-    bundle().save(&Location::parse(&uri).unwrap()).await.unwrap();
+    b.save(&Location::parse(&uri).unwrap()).await.unwrap();
     (dir, uri)
 }
 
@@ -189,10 +194,8 @@ fn with_sqrt_kind_head() -> Bundle {
 
 #[tokio::test]
 async fn a_kind_head_reading_sqrt_features_round_trips_and_a_wrong_width_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let uri = dir.path().display().to_string();
     let original = with_sqrt_kind_head();
-    original.save(&Location::parse(&uri).unwrap()).await.unwrap();
+    let (dir, uri) = saved_bundle(&original).await;
     let loaded = Bundle::load(&uri).await.unwrap();
     assert_eq!(loaded.kind_head.as_ref().unwrap().input, KindInput::SqrtFeatures);
     let features = [1.0f32, 0.25, 0.0, 0.0, 0.25, 0.0];
@@ -213,10 +216,8 @@ async fn a_kind_head_reading_sqrt_features_round_trips_and_a_wrong_width_is_refu
 
 #[tokio::test]
 async fn a_kind_head_is_saved_checked_and_answers_the_same_after_loading() {
-    let dir = tempfile::tempdir().unwrap();
-    let uri = dir.path().display().to_string();
     let original = with_kind_head();
-    original.save(&Location::parse(&uri).unwrap()).await.unwrap();
+    let (dir, uri) = saved_bundle(&original).await;
     let loaded = Bundle::load(&uri).await.unwrap();
     let head = loaded.kind_head.as_ref().expect("the kind head is loaded");
     assert_eq!(head.kinds, ["citrus", "pome"]);
@@ -269,9 +270,7 @@ async fn a_bundle_without_a_kind_head_still_loads_and_has_no_kinds() {
 
 #[tokio::test]
 async fn a_damaged_manifest_is_one_clear_error_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let uri = dir.path().display().to_string();
-    with_kind_head().save(&Location::parse(&uri).unwrap()).await.unwrap();
+    let (dir, uri) = saved_bundle(&with_kind_head()).await;
     let good = read_manifest(dir.path());
     type Damage = (&'static str, fn(&mut serde_json::Value));
     let damages: [Damage; 7] = [
