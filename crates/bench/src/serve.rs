@@ -75,6 +75,7 @@ pub async fn run(source: ModelSource, opts: &ServeBenchOptions) -> Result<Vec<Ro
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         limits,
         admin_token: None,
+        trusted_proxies: Vec::new(),
     };
     let running = start(config, source).await?;
     let url = format!("http://{}/v1/identify", running.addr);

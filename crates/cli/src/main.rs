@@ -93,6 +93,10 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
         }
     });
+    // Dropping a runtime waits for its blocking threads without end; a
+    // photo still being decoded after `serve`'s shutdown grace must not
+    // keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => fail(e),

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fruits_serve::{Config, Limits, ModelSource};
+use fruits_serve::{Cidr, Config, Limits, ModelSource};
 
 use crate::ModelDirArg;
 
@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// "Not sure" below this top-1 probability [default: the bundle's calibrated threshold]
     #[arg(long)]
     pub min_confidence: Option<f32>,
+    /// Trust X-Forwarded-For from peers in this range, e.g. 10.0.0.0/8 (repeatable; default: trust none)
+    #[arg(long, value_name = "CIDR")]
+    pub trust_forwarded_for: Vec<Cidr>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -49,20 +52,44 @@ pub struct LimitArgs {
     /// Requests a client may make at once above its rate
     #[arg(long, default_value_t = Limits::default().burst)]
     pub burst: f64,
+    /// Photos one client (address, or IPv6 /64) may have in progress at once
+    #[arg(long, default_value_t = Limits::default().in_flight_per_client)]
+    pub max_in_flight_per_client: usize,
+    /// Open connections at once (more are closed on accept)
+    #[arg(long, default_value_t = Limits::default().connections)]
+    pub max_connections: usize,
+    /// Longest wait for a request's head or, on an idle connection, the next request, seconds
+    #[arg(long, default_value_t = Limits::default().header_timeout.as_secs_f64())]
+    pub header_timeout_seconds: f64,
+    /// Slowest accepted upload, bytes per second on average after its first 5 s (0: any)
+    #[arg(long, default_value_t = Limits::default().min_upload_rate)]
+    pub min_upload_rate: f64,
+    /// After SIGTERM, longest wait for requests in flight, seconds
+    #[arg(long, default_value_t = Limits::default().shutdown_grace.as_secs_f64())]
+    pub shutdown_grace_seconds: f64,
+}
+
+/// Seconds as a duration; zero for what `Duration` cannot hold (negative,
+/// infinite, NaN), which `Limits::validate` then refuses.
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }
 
 impl LimitArgs {
     pub fn limits(&self) -> anyhow::Result<Limits> {
-        // `Duration` panics on negative, infinite or NaN seconds: refuse those here.
-        let timeout = Duration::try_from_secs_f64(self.timeout_seconds).unwrap_or(Duration::ZERO);
         let limits = Limits {
             body_bytes: self.max_body_bytes,
             pixels: self.max_pixels,
-            request_timeout: timeout,
+            request_timeout: seconds(self.timeout_seconds),
             in_flight: self.max_in_flight,
             workers: self.workers.unwrap_or(Limits::default().workers),
             rate_per_second: self.rate_limit,
             burst: self.burst,
+            in_flight_per_client: self.max_in_flight_per_client,
+            connections: self.max_connections,
+            header_timeout: seconds(self.header_timeout_seconds),
+            min_upload_rate: self.min_upload_rate,
+            shutdown_grace: seconds(self.shutdown_grace_seconds),
         };
         Ok(limits.validate()?)
     }
@@ -74,6 +101,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits: args.limits.limits()?,
         // From the environment only, so that it shows neither in `ps` nor in shell history.
         admin_token: std::env::var("FRUITS_ADMIN_TOKEN").ok(),
+        trusted_proxies: args.trust_forwarded_for,
     };
     let source = ModelSource {
         uri: args.model,

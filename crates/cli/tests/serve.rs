@@ -9,6 +9,7 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::http::{multipart, read_reply, write_head, Server, ADMIN_TOKEN};
 use common::{fruits, labelled_images, real_photos, run_ok, trained_run};
@@ -545,6 +546,325 @@ fn rate_concurrency_and_time_limits_answer_429_and_503() {
     // and the stalled upload times out.
     read_reply(slow).assert_error(503, "timeout");
     assert_eq!(server.post_image("/v1/identify", "image/jpeg", &good).status, 200);
+}
+
+/// Reads until the server closes the connection; `None` if it is still
+/// open after `wait`.
+fn closed_within(stream: &mut std::net::TcpStream, wait: Duration) -> Option<Duration> {
+    use std::io::Read;
+    let start = Instant::now();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(start.elapsed()),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// `GET /healthz` on a new connection: its status and how long it took.
+fn health(server: &Server) -> (u16, Duration) {
+    let start = Instant::now();
+    let status = server.get("/healthz").status;
+    (status, start.elapsed())
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
+fn half_sent_requests_and_slow_uploads_are_cut_off_and_other_clients_still_served() {
+    let (run, test) = trained_run();
+    let (_, path) = &labelled_images(test, 1)[0];
+    let good = image_bytes(path);
+    let server = Server::start(
+        run,
+        &[
+            "--header-timeout-seconds",
+            "2",
+            "--rate-limit",
+            "0",
+            "--timeout-seconds",
+            "60",
+        ],
+    );
+    // 1,000 connections that never finish their request head.
+    let mut half_sent: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| {
+            let mut s = server.connect();
+            s.write_all(b"POST /v1/identify HTTP/1.1\r\nhost: test\r\ncontent-type: image/jpeg\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_millis(1500) {
+        let (status, took) = health(&server);
+        assert_eq!(status, 200);
+        assert!(
+            took < Duration::from_secs(1),
+            "/healthz took {took:?} beside 1,000 half-sent requests"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, s) in half_sent.iter_mut().enumerate() {
+        let left = Duration::from_secs(4).saturating_sub(opened.elapsed()) + Duration::from_millis(100);
+        assert!(
+            closed_within(s, left).is_some(),
+            "half-sent request {i} still open 4 s after its start"
+        );
+    }
+    assert_eq!(health(&server).0, 200);
+    // An idle keep-alive connection is closed by the same timeout.
+    let mut idle = server.connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n").unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).is_some(),
+        "the idle connection stayed open"
+    );
+
+    // 32 stalled uploads from one address take only its share of places
+    // (8 of 32): the rest are turned away, and a photo from another
+    // address is answered at once.
+    let stalled: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| {
+            let mut s = server.connect();
+            write_head(
+                &mut s,
+                "POST",
+                "/v1/identify",
+                &[("content-type", "image/jpeg")],
+                Some(good.len()),
+            );
+            s.write_all(&good[..good.len() / 2]).unwrap();
+            s
+        })
+        .collect();
+    let began = Instant::now();
+    while server.photos_in_progress() < 8 {
+        assert!(began.elapsed() < Duration::from_secs(10), "the uploads never began");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut other = server.connect_from("127.0.0.2".parse().unwrap());
+    write_head(
+        &mut other,
+        "POST",
+        "/v1/identify",
+        &[("content-type", "image/jpeg")],
+        Some(good.len()),
+    );
+    other.write_all(&good).unwrap();
+    let asked = Instant::now();
+    assert_eq!(read_reply(other).status, 200, "another client's photo is answered");
+    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
+    // The stalled uploads end: 8 with 408 once under the least upload rate
+    // (after its 5 s grace), 24 turned away as busy at once.
+    let mut codes: Vec<(u16, String)> = stalled
+        .into_iter()
+        .map(|s| {
+            let r = read_reply(s);
+            (r.status, r.json()["code"].as_str().unwrap().to_string())
+        })
+        .collect();
+    codes.sort();
+    let count = |code: &str| codes.iter().filter(|(_, c)| c == code).count();
+    assert_eq!((count("upload_too_slow"), count("busy")), (8, 24), "{codes:?}");
+    assert!(codes.iter().any(|(s, c)| *s == 408 && c == "upload_too_slow"));
+    assert!(began.elapsed() < Duration::from_secs(15), "{:?}", began.elapsed());
+    assert_eq!(server.photos_in_progress(), 0);
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
+fn connections_over_the_cap_are_closed_on_accept_and_counted() {
+    let (run, _) = trained_run();
+    let server = Server::start(run, &["--max-connections", "4", "--header-timeout-seconds", "30"]);
+    let mut held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = server.connect();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    let mut fifth = server.connect();
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(5)).is_some(),
+        "a connection over the cap is closed"
+    );
+    // One held connection goes: the service answers again, and says why it refused.
+    drop(held.pop());
+    let start = Instant::now();
+    let refused = loop {
+        let mut s = server.connect();
+        write_head(&mut s, "GET", "/metrics", &[], None);
+        let mut text = String::new();
+        use std::io::Read;
+        let _ = s.read_to_string(&mut text);
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("fruits_connections_refused_total "))
+        {
+            break line[33..].trim().parse::<u64>().unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/metrics never answered: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(refused >= 1, "{refused}");
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
+fn a_trusted_proxy_names_the_client_and_ipv6_counts_by_its_64() {
+    let (run, _) = trained_run();
+    let ask = |server: &Server, forwarded: &str| {
+        server
+            .send("GET", "/v1/fruits", &[("x-forwarded-for", forwarded)], b"")
+            .status
+    };
+    // Not trusted: the header is ignored, every request is the peer's.
+    let server = Server::start(run, &["--rate-limit", "0.01", "--burst", "1"]);
+    assert_eq!(ask(&server, "198.51.100.1"), 200);
+    assert_eq!(ask(&server, "198.51.100.2"), 429, "a client cannot pick who it is");
+    drop(server);
+
+    let server = Server::start(
+        run,
+        &[
+            "--rate-limit",
+            "0.01",
+            "--burst",
+            "1",
+            "--trust-forwarded-for",
+            "127.0.0.0/8",
+        ],
+    );
+    assert_eq!(ask(&server, "198.51.100.1"), 200);
+    assert_eq!(ask(&server, "198.51.100.1"), 429);
+    assert_eq!(ask(&server, "198.51.100.2"), 200, "another client behind the proxy");
+    // Read from the right: what the client wrote on the left does not count.
+    assert_eq!(ask(&server, "203.0.113.5, 198.51.100.1"), 429);
+    // One IPv6 /64 is one client; the next /64 is another.
+    assert_eq!(ask(&server, "2001:db8:0:1::a"), 200);
+    assert_eq!(ask(&server, "2001:db8:0:1:ffff::b"), 429);
+    assert_eq!(ask(&server, "2001:db8:0:2::a"), 200);
+    let bad = fruits()
+        .args(["serve", "--model"])
+        .arg(run)
+        .args(["--trust-forwarded-for", "10.0.0.0/33"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("'10.0.0.0/33' is not an address range"), "{stderr}");
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
+fn scan_bombs_are_refused_at_once_and_sigterm_ends_within_the_grace() {
+    let (run, test) = trained_run();
+    let (_, path) = &labelled_images(test, 1)[0];
+    let good = image_bytes(path);
+    // The photo's one scan (SOS to EOI) repeated: 300 scans where a
+    // progressive JPEG has about 10 (a bomb's shape; the decoder would
+    // refine the image 300 times over).
+    let sos = good.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let mut bomb = good[..sos].to_vec();
+    for _ in 0..300 {
+        bomb.extend_from_slice(&good[sos..good.len() - 2]);
+    }
+    bomb.extend_from_slice(&[0xFF, 0xD9]);
+    let server = Server::start(
+        run,
+        &[
+            "--workers",
+            "2",
+            "--rate-limit",
+            "0",
+            "--shutdown-grace-seconds",
+            "2",
+            "--min-upload-rate",
+            "0",
+            "--timeout-seconds",
+            "120",
+        ],
+    );
+    let sent = Instant::now();
+    let reply = server.post_image("/v1/identify", "image/jpeg", &bomb);
+    let took = sent.elapsed();
+    reply.assert_error(422, "corrupt_image");
+    assert!(
+        reply.json()["error"].as_str().unwrap().contains("300 scans"),
+        "{}",
+        reply.text()
+    );
+    eprintln!("a {} KB scan bomb refused in {took:?}", bomb.len() / 1000);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // As many bombs as workers at once, and a photo: answered within 1 s.
+    let bombs: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = server.connect();
+            write_head(
+                &mut s,
+                "POST",
+                "/v1/identify",
+                &[("content-type", "image/jpeg")],
+                Some(bomb.len()),
+            );
+            s.write_all(&bomb).unwrap();
+            s
+        })
+        .collect();
+    let asked = Instant::now();
+    assert_eq!(server.post_image("/v1/identify", "image/jpeg", &good).status, 200);
+    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    for s in bombs {
+        assert_eq!(read_reply(s).status, 422);
+    }
+
+    // SIGTERM with an upload stalled mid-body (it would hold its request
+    // for 120 s): the process ends within the 2 s grace, plus a margin.
+    let _stalled = server.begin_upload(&good, good.len() / 2);
+    let pid = server.child.id();
+    let mut server = server;
+    let term = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            term.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The log reader thread drains the closed pipe.
+    let warned = || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("after the shutdown grace period"))
+    };
+    let drained = Instant::now();
+    while !warned() {
+        assert!(
+            drained.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

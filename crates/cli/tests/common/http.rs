@@ -76,6 +76,17 @@ impl Server {
         stream
     }
 
+    /// A connection from another loopback address (`127.0.0.2`, say):
+    /// another client, as the service sees it.
+    pub fn connect_from(&self, local: std::net::IpAddr) -> TcpStream {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(local, 0).into()).unwrap();
+        socket.connect(&self.addr.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        stream
+    }
+
     /// A JPEG upload to `/v1/identify` of which only the first `sent` bytes
     /// have gone out: a request in flight, to finish with `write_all`.
     /// Sends the head and the first `sent` bytes of an upload, and returns

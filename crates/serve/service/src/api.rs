@@ -1,14 +1,14 @@
 //! The HTTP surface: routes, handlers, the upload path and the OpenAPI document.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Extension, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -22,6 +22,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::answer::{FruitFacts, FruitList, Identification, Kind, RankedKind};
 use crate::error::{ApiError, ErrorBody};
 use crate::identify::{self, Ask};
+use crate::limits::{client_key, UPLOAD_GRACE};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -52,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(from_fn_with_state(state.clone(), observe))
+        .layer(from_fn_with_state(state.clone(), identify_client))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("internal error").into_response()
         }))
@@ -119,18 +121,31 @@ async fn observe(State(s): Shared, request: Request, next: Next) -> Response {
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
 
-async fn rate_limit(State(s): Shared, request: Request, next: Next) -> Response {
-    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if let Some(ip) = client {
-        if let Err(wait) = s.rate.check(ip, Instant::now()) {
-            return ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests: slow down",
-            )
-            .retry_after(wait)
-            .into_response();
-        }
+/// Whom a request counts against (see [`client_key`]): its address, or its
+/// IPv6 /64, or what a trusted proxy says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client(pub IpAddr);
+
+async fn identify_client(State(s): Shared, mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let forwarded = request.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = Client(client_key(peer, forwarded, &s.trusted_proxies));
+    request.extensions_mut().insert(client);
+    next.run(request).await
+}
+
+async fn rate_limit(State(s): Shared, Extension(client): Extension<Client>, request: Request, next: Next) -> Response {
+    if let Err(wait) = s.rate.check(client.0, Instant::now()) {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests: slow down",
+        )
+        .retry_after(wait)
+        .into_response();
     }
     next.run(request).await
 }
@@ -193,6 +208,7 @@ pub struct PhotoBytes(#[allow(dead_code)] Vec<u8>);
     responses(
         (status = 200, description = "What the photo shows", body = Identification),
         (status = 400, description = "Empty body, bad multipart or bad query", body = ErrorBody),
+        (status = 408, description = "The upload came too slowly (`upload_too_slow`)", body = ErrorBody),
         (status = 413, description = "Upload over the body limit", body = ErrorBody),
         (status = 415, description = "Not an image content type", body = ErrorBody),
         (status = 422, description = "Not an image, corrupt or truncated, or over the pixel limit", body = ErrorBody),
@@ -202,6 +218,7 @@ pub struct PhotoBytes(#[allow(dead_code)] Vec<u8>);
 )]
 async fn identify_photo(
     State(s): Shared,
+    Extension(client): Extension<Client>,
     query: Result<Query<IdentifyQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -211,8 +228,8 @@ async fn identify_photo(
     // upload is read: a reload from here on does not change the model this
     // request is answered with.
     let model = s.model.current();
-    let _in_flight = InFlight::enter(&s)?;
-    let bytes = read_upload(&headers, body, s.limits.body_bytes).await?;
+    let _in_flight = InFlight::enter(&s, client)?;
+    let bytes = read_upload(&headers, body, s.limits.body_bytes, s.limits.min_upload_rate).await?;
     let worker = s.workers.clone().acquire_owned().await.map_err(|_| busy())?;
     let start = Instant::now();
     let catalog = s.catalog;
@@ -270,26 +287,39 @@ fn busy() -> ApiError {
     .retry_after(1)
 }
 
-/// A place among the photos in progress, given back on drop.
-struct InFlight<'a>(&'a AppState, #[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
+/// A place among the photos in progress, one of its client's, given back on drop.
+struct InFlight<'a> {
+    state: &'a AppState,
+    client: Client,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
 
 impl<'a> InFlight<'a> {
-    fn enter(s: &'a AppState) -> Result<Self, ApiError> {
-        let permit = s.in_flight.try_acquire().map_err(|_| busy())?;
-        s.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        Ok(Self(s, permit))
+    fn enter(state: &'a AppState, client: Client) -> Result<Self, ApiError> {
+        let permit = state.in_flight.try_acquire().map_err(|_| busy())?;
+        if !state.places.take(client.0) {
+            return Err(busy());
+        }
+        state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(Self {
+            state,
+            client,
+            _permit: permit,
+        })
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.places.give_back(self.client.0);
+        self.state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// The photo's bytes from a raw image body or the multipart field `image`,
-/// refusing other content types and anything over `limit` bytes.
-pub async fn read_upload(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// refusing other content types, anything over `limit` bytes, and uploads
+/// slower than `min_rate` bytes per second on average (after [`UPLOAD_GRACE`]).
+pub async fn read_upload(headers: &HeaderMap, body: Body, limit: usize, min_rate: f64) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -310,22 +340,58 @@ pub async fn read_upload(headers: &HeaderMap, body: Body, limit: usize) -> Resul
             "send the photo as an image/jpeg, image/png or image/webp body, or as multipart/form-data field 'image'",
         ));
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = e
-            .into_inner()
-            .downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some();
-        if too_large {
-            ApiError::body_too_large(limit)
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "the upload was interrupted")
-        }
-    })?;
+    let bytes = read_body(body, limit, min_rate).await?;
     if multipart {
         multipart_image(content_type, bytes).await
     } else {
         Ok(bytes)
     }
+}
+
+/// The whole body, at most `limit` bytes, arriving at `min_rate` bytes per
+/// second on average once [`UPLOAD_GRACE`] has passed: each wait for the
+/// next chunk ends when the average would fall under it.
+async fn read_body(body: Body, limit: usize, min_rate: f64) -> Result<Bytes, ApiError> {
+    use futures::StreamExt;
+    let start = tokio::time::Instant::now();
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    loop {
+        let next = if min_rate > 0.0 {
+            // At most a day: `Duration` cannot hold every quotient.
+            let at_rate = Duration::from_secs_f64(((bytes.len() as f64 + 1.0) / min_rate).min(86_400.0));
+            tokio::time::timeout_at(start + UPLOAD_GRACE.max(at_rate), stream.next()).await
+        } else {
+            Ok(stream.next().await)
+        };
+        let chunk = match next {
+            Err(_) => return Err(too_slow(min_rate)),
+            Ok(None) => return Ok(Bytes::from(bytes)),
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "the upload was interrupted",
+                ))
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::body_too_large(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+}
+
+fn too_slow(min_rate: f64) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "upload_too_slow",
+        format!(
+            "the upload came slower than {:.0} KiB/s: send it again on a better connection",
+            min_rate / 1024.0
+        ),
+    )
 }
 
 async fn multipart_image(content_type: &str, bytes: Bytes) -> Result<Bytes, ApiError> {

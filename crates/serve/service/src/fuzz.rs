@@ -122,7 +122,7 @@ async fn upload(content_type: &str, body: Vec<u8>) -> Result<(u32, u32), ApiErro
     if let Ok(v) = HeaderValue::from_str(content_type) {
         headers.insert(header::CONTENT_TYPE, v);
     }
-    let bytes = read_upload(&headers, Body::from(body), 1 << 20).await?;
+    let bytes = read_upload(&headers, Body::from(body), 1 << 20, 0.0).await?;
     let photo = decode_photo(&bytes, 448, 4_000_000)?;
     Ok((photo.width, photo.height))
 }

@@ -8,7 +8,8 @@
 //!   (knows nothing of HTTP);
 //! - `views`: where the model looks in a photo (pixel geometry);
 //! - [`model`]: the model bundle and its hot reload;
-//! - [`limits`]: body, pixel, time, concurrency and per-client rate limits;
+//! - [`limits`]: body, pixel, time, concurrency and per-client limits; who a client is;
+//! - `connections`: the accept loop, connection cap, header timeout, bounded shutdown;
 //! - [`metrics`]: Prometheus counters;
 //!
 //! Must not depend on an engine (DataFusion, Ballista) nor on the pipeline:
@@ -21,6 +22,7 @@
 
 pub mod answer;
 pub mod api;
+mod connections;
 pub mod error;
 pub mod identify;
 pub mod limits;
@@ -39,7 +41,7 @@ use fruits_catalog::Catalog;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use limits::Limits;
+pub use limits::{Cidr, Limits};
 pub use model::{Model, ModelSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,8 @@ pub struct Config {
     pub limits: Limits,
     /// Bearer token of `POST /v1/admin/reload`; the endpoint is off without one.
     pub admin_token: Option<String>,
+    /// Proxies whose `X-Forwarded-For` names the client (none by default).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// What every request shares.
@@ -69,6 +73,9 @@ pub struct AppState {
     pub limits: Limits,
     pub rate: limits::RateLimiter,
     pub in_flight: Semaphore,
+    /// Each client's share of `in_flight`.
+    pub places: limits::Places,
+    pub trusted_proxies: Vec<Cidr>,
     pub workers: Arc<Semaphore>,
     pub metrics: metrics::Metrics,
     pub admin_token: Option<String>,
@@ -86,6 +93,8 @@ impl AppState {
             limits,
             rate: limits::RateLimiter::new(limits.rate_per_second, limits.burst),
             in_flight: Semaphore::new(limits.in_flight.max(1)),
+            places: limits::Places::new(limits.in_flight_per_client),
+            trusted_proxies: config.trusted_proxies.clone(),
             workers: Arc::new(Semaphore::new(limits.workers.max(1))),
             metrics: metrics::Metrics::default(),
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
@@ -123,7 +132,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets requests in flight finish, and waits.
+    /// Stops accepting, lets requests in flight finish for up to the
+    /// shutdown grace, and waits that long at most.
     pub async fn stop(self) -> Result<(), Error> {
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(());
@@ -148,15 +158,12 @@ pub async fn start(config: Config, source: ModelSource) -> Result<Running, Error
     let addr = listener.local_addr().map_err(Error::Serve)?;
     let state = Arc::new(AppState::new(model, source, &config));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(Error::Serve)
-    });
+    let task = tokio::spawn(connections::serve(
+        listener,
+        api::router(state.clone()),
+        state.clone(),
+        stopped,
+    ));
     Ok(Running {
         addr,
         state,
@@ -166,7 +173,9 @@ pub async fn start(config: Config, source: ModelSource) -> Result<Running, Error
 }
 
 /// `fruits serve`: serves until SIGTERM or Ctrl-C, finishing the requests in
-/// flight, and reloads the model on SIGHUP.
+/// flight within the shutdown grace, and reloads the model on SIGHUP. Work
+/// still running after the grace (a photo being decoded on a blocking
+/// thread) is the caller's to abandon: end the runtime with a timeout.
 pub async fn serve(config: Config, source: ModelSource) -> Result<(), Error> {
     let running = start(config, source).await?;
     tracing::info!("listening on http://{}", running.addr);
@@ -181,7 +190,7 @@ pub async fn serve(config: Config, source: ModelSource) -> Result<(), Error> {
         }
     });
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing the requests in flight");
+    tracing::info!(grace = ?running.state.limits.shutdown_grace, "shutting down: finishing the requests in flight");
     reloader.abort();
     running.stop().await
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct Metrics {
     identify: Mutex<Histogram>,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
     pub in_flight: AtomicI64,
+    /// Connections closed on accept because the cap was reached.
+    pub connections_refused: AtomicU64,
 }
 
 #[derive(Default)]
@@ -85,6 +87,15 @@ impl Metrics {
             out,
             "fruits_identify_in_flight {}",
             self.in_flight.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP fruits_connections_refused_total Connections closed on accept: the connection cap was reached.\n",
+        );
+        out.push_str("# TYPE fruits_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "fruits_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
         );
         out.push_str("# HELP fruits_model_reloads_total Model reloads by outcome.\n");
         out.push_str("# TYPE fruits_model_reloads_total counter\n");
