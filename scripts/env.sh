@@ -26,6 +26,11 @@ ensure_machete() {
   command -v cargo-machete >/dev/null || cargo install --locked --quiet cargo-machete@0.9.2
 }
 
+# Licences, banned crates and sources (deny.toml); no network needed.
+ensure_deny() {
+  command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny@0.20.2
+}
+
 build_release() {
   cargo build --release --locked -p fruits
 }

@@ -76,6 +76,7 @@ pub async fn run(source: ModelSource, opts: &ServeBenchOptions) -> Result<Vec<Ro
         limits,
         admin_token: None,
         trusted_proxies: Vec::new(),
+        admin_listen: None,
     };
     let running = start(config, source).await?;
     let url = format!("http://{}/v1/identify", running.addr);

@@ -19,9 +19,12 @@ pub struct ServeArgs {
     /// "Not sure" below this top-1 probability [default: the bundle's calibrated threshold]
     #[arg(long)]
     pub min_confidence: Option<f32>,
-    /// Trust X-Forwarded-For from peers in this range, e.g. 10.0.0.0/8 (repeatable; default: trust none)
-    #[arg(long, value_name = "CIDR")]
+    /// Trust X-Forwarded-For from peers in this range, e.g. 10.0.0.0/8 (repeatable or comma-separated; default: trust none)
+    #[arg(long, value_name = "CIDR", env = "FRUITS_TRUST_FORWARDED_FOR", value_delimiter = ',')]
     pub trust_forwarded_for: Vec<Cidr>,
+    /// Serve /metrics, full /readyz and the reload endpoint here instead, e.g. 127.0.0.1:9090; the public address then serves none of them
+    #[arg(long, env = "FRUITS_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -102,6 +105,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // From the environment only, so that it shows neither in `ps` nor in shell history.
         admin_token: std::env::var("FRUITS_ADMIN_TOKEN").ok(),
         trusted_proxies: args.trust_forwarded_for,
+        admin_listen: args.admin_listen,
     };
     let source = ModelSource {
         uri: args.model,

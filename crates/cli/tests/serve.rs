@@ -740,6 +740,42 @@ fn connections_over_the_cap_are_closed_on_accept_and_counted() {
 
 #[test]
 #[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
+fn metrics_readiness_and_reload_move_to_the_admin_listener_when_given_one() {
+    let (run, _) = trained_run();
+    let server = Server::start(run, &["--admin-listen", "127.0.0.1:0"]);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let token = [("authorization", bearer.as_str())];
+    // The public listener: the app's routes, and nothing about the service's state.
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.get("/v1/fruits").status, 200);
+    server.get("/metrics").assert_error(404, "not_found");
+    server
+        .send("POST", "/v1/admin/reload", &token, b"")
+        .assert_error(404, "not_found");
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 200);
+    assert_eq!(
+        ready.json(),
+        serde_json::json!({"status": "ready"}),
+        "nothing but ready or draining"
+    );
+    // The admin listener: metrics, full readiness, reload.
+    let metrics = server.admin("GET", "/metrics", &[]);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains("fruits_identify_in_flight "),
+        "{}",
+        metrics.text()
+    );
+    let ready = server.admin("GET", "/readyz", &[]).json();
+    assert!(ready["model"].as_str().is_some_and(|m| !m.is_empty()), "{ready}");
+    assert_eq!(server.admin("POST", "/v1/admin/reload", &token).status, 200);
+    assert_eq!(server.admin("GET", "/healthz", &[]).status, 200);
+    server.admin("GET", "/v1/fruits", &[]).assert_error(404, "not_found");
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn a_trusted_proxy_names_the_client_and_ipv6_counts_by_its_64() {
     let (run, _) = trained_run();
     let ask = |server: &Server, forwarded: &str| {

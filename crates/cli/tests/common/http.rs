@@ -14,6 +14,8 @@ use super::fruits;
 /// `fruits serve` in a child process, killed on drop.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The admin listener, when started with `--admin-listen`.
+    pub admin: Option<SocketAddr>,
     pub child: Child,
     /// Every line it logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
@@ -39,17 +41,35 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("reload) on http://") {
+                    let _ = tx.send(format!("admin {}", line[at + 18..].trim()));
+                }
                 if let Some(at) = line.find("listening on http://") {
                     let _ = tx.send(line[at + 20..].trim().to_string());
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("the server did not start: {:?}", log.lock().unwrap()));
+        let mut admin = None;
+        let addr = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("the server did not start: {:?}", log.lock().unwrap()));
+            match line.strip_prefix("admin ") {
+                Some(a) => admin = Some(a.parse().unwrap()),
+                None => break line,
+            }
+        };
+        // The admin line follows the public one.
+        if extra.contains(&"--admin-listen") && admin.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the admin listener's line");
+            admin = Some(line.strip_prefix("admin ").expect("an admin line").parse().unwrap());
+        }
         Self {
             addr: addr.parse().unwrap(),
+            admin,
             child,
             log,
         }
@@ -60,10 +80,18 @@ impl Server {
     }
 
     pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-        let mut stream = self.connect();
-        write_head(&mut stream, method, path, headers, Some(body.len()));
-        stream.write_all(body).unwrap();
-        read_reply(stream)
+        request(self.addr, method, path, headers, body)
+    }
+
+    /// A request to the admin listener (`--admin-listen`).
+    pub fn admin(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(
+            self.admin.expect("started with --admin-listen"),
+            method,
+            path,
+            headers,
+            b"",
+        )
     }
 
     pub fn post_image(&self, path: &str, content_type: &str, body: &[u8]) -> Reply {
@@ -112,7 +140,11 @@ impl Server {
 
     /// The `fruits_identify_in_flight` gauge of `/metrics`.
     pub fn photos_in_progress(&self) -> i64 {
-        let metrics = self.get("/metrics").text();
+        let metrics = match self.admin {
+            Some(_) => self.admin("GET", "/metrics", &[]),
+            None => self.get("/metrics"),
+        }
+        .text();
         metrics
             .lines()
             .find_map(|l| l.strip_prefix("fruits_identify_in_flight "))
@@ -139,6 +171,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One request on a new connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write_head(&mut stream, method, path, headers, Some(body.len()));
+    stream.write_all(body).unwrap();
+    read_reply(stream)
 }
 
 /// Writes a request head; `None` length sends no Content-Length.

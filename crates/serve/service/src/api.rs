@@ -29,21 +29,54 @@ type Shared = State<Arc<AppState>>;
 
 const PAGE: &str = include_str!("../web/index.html");
 
-/// Every route of the service.
+/// Every route of the service on one listener (no `--admin-listen`).
 pub fn router(state: Arc<AppState>) -> Router {
+    let all = consumer_routes(&state)
+        .merge(operator_routes(&state))
+        .route("/readyz", get(readyz));
+    finish(all, state)
+}
+
+/// What the public listener serves beside an admin listener: no metrics,
+/// no reload, and a readiness answer that says only ready or draining.
+pub fn public_router(state: Arc<AppState>) -> Router {
+    let public = consumer_routes(&state).route("/readyz", get(readyz_public));
+    finish(public, state)
+}
+
+/// What the admin listener serves: health, full readiness, metrics, reload.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    let admin = operator_routes(&state)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    finish(admin, state)
+}
+
+/// The page, the API for photos and facts, health and the OpenAPI document.
+fn consumer_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let limited = Router::new()
         .route("/v1/identify", post(identify_photo))
         .route("/v1/fruits", get(list_fruits))
         .route("/v1/fruits/{label}", get(one_fruit))
-        .route("/v1/admin/reload", post(reload))
         .route_layer(from_fn_with_state(state.clone(), rate_limit));
     Router::new()
         .route("/", get(page))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .merge(limited)
+}
+
+/// What tells or changes the service's internals: metrics and reload.
+fn operator_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let limited = Router::new()
+        .route("/v1/admin/reload", post(reload))
+        .route_layer(from_fn_with_state(state.clone(), rate_limit));
+    Router::new().route("/metrics", get(metrics)).merge(limited)
+}
+
+/// Fallbacks, and the layers every request goes through.
+fn finish(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
         .fallback(|| async { ApiError::not_found("no such page") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -537,6 +570,18 @@ async fn readyz(State(s): Shared) -> Response {
         StatusCode::OK
     };
     (status, Json(ready)).into_response()
+}
+
+/// Readiness on the public listener when an admin listener is configured:
+/// ready or draining, nothing about the model or the service's state.
+async fn readyz_public(State(s): Shared) -> Response {
+    let draining = s.draining.load(Ordering::Relaxed);
+    let (status, text) = if draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    (status, Json(HashMap::from([("status", text)]))).into_response()
 }
 
 /// Prometheus metrics.

@@ -39,7 +39,8 @@ use std::sync::Arc;
 
 use fruits_catalog::Catalog;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinHandle;
 
 pub use limits::{Cidr, Limits};
 pub use model::{Model, ModelSource};
@@ -63,6 +64,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Proxies whose `X-Forwarded-For` names the client (none by default).
     pub trusted_proxies: Vec<Cidr>,
+    /// A second listener for `/metrics`, full `/readyz` and the reload
+    /// endpoint; with it, the public listener serves none of them.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// What every request shares.
@@ -126,22 +130,34 @@ impl AppState {
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address, when there is one.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), Error>>,
+    listeners: Vec<Listening>,
 }
+
+/// One listener's stop signal and its task.
+type Listening = (oneshot::Sender<()>, JoinHandle<Result<(), Error>>);
 
 impl Running {
     /// Stops accepting, lets requests in flight finish for up to the
     /// shutdown grace, and waits that long at most.
     pub async fn stop(self) -> Result<(), Error> {
         self.state.draining.store(true, Ordering::Relaxed);
-        let _ = self.stop.send(());
-        self.task.await.unwrap_or(Ok(()))
+        let mut tasks = Vec::new();
+        for (stop, task) in self.listeners {
+            let _ = stop.send(());
+            tasks.push(task);
+        }
+        for task in tasks {
+            task.await.unwrap_or(Ok(()))?;
+        }
+        Ok(())
     }
 }
 
-/// Loads the model and starts serving in the background.
+/// Loads the model and starts serving in the background: the public
+/// listener, and the admin one if configured.
 pub async fn start(config: Config, source: ModelSource) -> Result<Running, Error> {
     let model = Model::load(&source).await?;
     tracing::info!(
@@ -151,25 +167,45 @@ pub async fn start(config: Config, source: ModelSource) -> Result<Running, Error
         threshold_source = model.threshold_source,
         "model loaded"
     );
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(Error::Serve)?;
+    let public = bind(config.listen).await?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let addr = public.local_addr().map_err(Error::Serve)?;
+    let admin_addr = admin
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(Error::Serve)?;
     let state = Arc::new(AppState::new(model, source, &config));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(connections::serve(
-        listener,
-        api::router(state.clone()),
-        state.clone(),
-        stopped,
-    ));
+    let mut listeners = Vec::new();
+    let public_routes = match admin {
+        Some(admin) => {
+            listeners.push(listen(admin, api::admin_router(state.clone()), &state));
+            api::public_router(state.clone())
+        }
+        None => api::router(state.clone()),
+    };
+    listeners.push(listen(public, public_routes, &state));
     Ok(Running {
         addr,
+        admin_addr,
         state,
-        stop,
-        task,
+        listeners,
     })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+fn listen(listener: TcpListener, routes: axum::Router, state: &Arc<AppState>) -> Listening {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(connections::serve(listener, routes, state.clone(), stopped));
+    (stop, task)
 }
 
 /// `fruits serve`: serves until SIGTERM or Ctrl-C, finishing the requests in
@@ -179,6 +215,9 @@ pub async fn start(config: Config, source: ModelSource) -> Result<Running, Error
 pub async fn serve(config: Config, source: ModelSource) -> Result<(), Error> {
     let running = start(config, source).await?;
     tracing::info!("listening on http://{}", running.addr);
+    if let Some(admin) = running.admin_addr {
+        tracing::info!("admin (metrics, readiness, reload) on http://{admin}");
+    }
     let state = running.state.clone();
     let reloader = tokio::spawn(async move {
         let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
