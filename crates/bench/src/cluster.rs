@@ -82,6 +82,7 @@ async fn one(opts: &ClusterBenchOptions, executors: usize) -> Result<ClusterRow,
         cluster: Some(format!("df://127.0.0.1:{port}")),
         sorted: false,
         views: None,
+        max_object_bytes: fruits_pipeline::featurize::MAX_OBJECT_BYTES,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     let started = Instant::now();

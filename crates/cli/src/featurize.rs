@@ -45,6 +45,9 @@ pub struct JobArgs {
     /// one executor merges every partition (memory grows with the input).
     #[arg(long)]
     sorted: bool,
+    /// Objects larger than this many bytes are not read: each is an errors/ row
+    #[arg(long, default_value_t = fruits_pipeline::featurize::MAX_OBJECT_BYTES)]
+    max_object_bytes: u64,
     #[command(flatten)]
     model: ModelDirArg,
 }
@@ -62,6 +65,7 @@ impl JobArgs {
             cluster: self.cluster,
             sorted: self.sorted,
             views: None,
+            max_object_bytes: self.max_object_bytes,
         }
     }
 }

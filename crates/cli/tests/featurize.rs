@@ -89,6 +89,60 @@ fn count_images(dir: &Path) -> usize {
         .sum()
 }
 
+/// Peak resident memory (`VmHWM`, MiB) of a child, polled until it exits.
+fn wait_with_peak_rss(mut child: std::process::Child) -> (std::process::ExitStatus, f64) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0.0f64;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        let kib = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        });
+        peak = peak.max(kib.unwrap_or(0.0) / 1024.0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
+fn a_3_gb_object_among_images_is_an_error_row_and_never_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let class = tmp.path().join("input/Lemon 1");
+    std::fs::create_dir_all(&class).unwrap();
+    let images: Vec<PathBuf> = class_images("Lemon 1").into_iter().take(100).collect();
+    for image in &images {
+        std::os::unix::fs::symlink(image, class.join(image.file_name().unwrap())).unwrap();
+    }
+    // Sparse: 3 GB listed, no disk used.
+    let huge = std::fs::File::create(class.join("huge.jpg")).unwrap();
+    huge.set_len(3 << 30).unwrap();
+    let out = tmp.path().join("out");
+    let child = featurize(&tmp.path().join("input"), &out, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (status, peak_mib) = wait_with_peak_rss(child);
+    assert!(status.success(), "{status:?}");
+    eprintln!("featurize beside a 3 GB object: peak RSS {peak_mib:.0} MiB");
+    assert!(peak_mib < 1024.0, "peak RSS {peak_mib:.0} MiB");
+    assert_eq!(feature_rows(&out).len(), images.len());
+    let errors = error_rows(&out);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].0.ends_with("/huge.jpg"), "{errors:?}");
+    assert!(errors[0].1.contains("3072.0 MiB, over the 64 MiB limit"), "{errors:?}");
+    let summary = success_json(&out);
+    assert_eq!(summary["objects_listed"], images.len() + 1);
+    assert_eq!(
+        (summary["featurized"].as_u64(), summary["failed"].as_u64()),
+        (Some(100), Some(1))
+    );
+}
+
 #[test]
 #[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
 fn whole_training_folder_gives_one_row_per_image_and_one_error_per_broken_file() {

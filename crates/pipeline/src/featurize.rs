@@ -53,7 +53,16 @@ pub struct FeaturizeJob {
     /// the image itself (see `fruits_preprocess::view`); the rows get a
     /// `view` column (1..=n) and keep the image's path.
     pub views: Option<TrainingViews>,
+    /// Objects larger than this are not read: each becomes an `errors/` row
+    /// at listing time (a 3 GB `x.jpg` must not take an executor's memory).
+    pub max_object_bytes: u64,
 }
+
+/// The default [`FeaturizeJob::max_object_bytes`]: far above any photo (a
+/// 12 MP JPEG is 3–5 MB, a 50 MP PNG ~100 MB at worst is refused anyway by
+/// the pixel limit), and what bounds a task's reads: at most
+/// `rows_per_task` objects of this size.
+pub const MAX_OBJECT_BYTES: u64 = 64 << 20;
 
 /// How many training views per image, and the seed that makes them reproducible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +157,8 @@ struct Listing {
     images: usize,
     /// Size of the listed objects: each is read exactly once by an executor.
     bytes: u64,
+    /// Objects listed but not read (over the size limit): `errors/` rows.
+    refused: Vec<Refused>,
     ms: u64,
 }
 
@@ -162,7 +173,7 @@ async fn list(
 ) -> Result<Listing, Error> {
     let t = Instant::now();
     let dir = Location::parse(&format!("{staging}/manifest/"))?;
-    let (images, bytes) = write_manifest(input, &dir, job, progress).await?;
+    let (images, bytes, refused) = write_manifest(input, &dir, job, progress).await?;
     if images == 0 {
         output::remove_prefix(&cx.out, staging).await;
         return Err(Error::NoImages(input.uri()));
@@ -171,6 +182,7 @@ async fn list(
         dir,
         images,
         bytes,
+        refused,
         ms: t.elapsed().as_millis() as u64,
     })
 }
@@ -188,7 +200,8 @@ async fn finish(
 ) -> Result<Summary, Error> {
     let t_commit = Instant::now();
     let Engine { outcome, worker_ms, ms } = engine;
-    let written = outcome.features.1 + outcome.errors.1;
+    // The refused objects' rows are among the errors, not in the manifest.
+    let written = outcome.features.1 + outcome.errors.1 - listing.refused.len();
     if written != listing.images {
         return Err(Error::Incomplete {
             listed: listing.images,
@@ -208,7 +221,7 @@ async fn finish(
             .cluster
             .as_ref()
             .map_or("ballista-standalone".into(), |url| format!("ballista-cluster {url}")),
-        objects_listed: listing.images,
+        objects_listed: listing.images + listing.refused.len(),
         featurized: outcome.features.1,
         failed: outcome.errors.1,
         bytes_read: listing.bytes,
@@ -238,14 +251,18 @@ async fn finish(
     Ok(summary)
 }
 
+/// An object listed but not read, and why: an `errors/` row.
+type Refused = (String, String);
+
 /// Streams the listing into manifest files of `rows_per_task` rows; returns
-/// the count and total size of the listed objects (each is read once).
+/// the count and total size of the rows to featurize (each object is read
+/// once), and the objects refused at listing (over `max_object_bytes`).
 async fn write_manifest(
     input: &Location,
     staging: &Location,
     job: &FeaturizeJob,
     progress: &Arc<dyn Progress>,
-) -> Result<(usize, u64), Error> {
+) -> Result<(usize, u64, Vec<Refused>), Error> {
     let limit = job.limit.unwrap_or(usize::MAX);
     let views = job.views.map_or(0, |v| v.per_image);
     let rows_per_image = views.max(1);
@@ -253,8 +270,19 @@ async fn write_manifest(
     let per_task = (job.rows_per_task / rows_per_image as usize).max(1);
     let mut chunks = list_images(input).take(limit).try_chunks(per_task);
     let (mut count, mut part, mut total_bytes) = (0, 0, 0u64);
+    let mut refused = Vec::new();
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| e.1)?;
+        let mut chunk = chunk.map_err(|e| e.1)?;
+        chunk.retain(|e| {
+            let fits = e.size <= job.max_object_bytes;
+            if !fits {
+                refused.push((e.uri.to_string(), too_large(e.size, job.max_object_bytes)));
+            }
+            fits
+        });
+        if chunk.is_empty() {
+            continue;
+        }
         count += chunk.len() * rows_per_image as usize;
         total_bytes += chunk.iter().map(|e| e.size).sum::<u64>() * u64::from(rows_per_image);
         let bytes = manifest_parquet(&chunk, views)?;
@@ -267,7 +295,25 @@ async fn write_manifest(
         part += 1;
         progress.listed(count);
     }
-    Ok((count, total_bytes))
+    Ok((count, total_bytes, refused))
+}
+
+fn too_large(size: u64, limit: u64) -> String {
+    format!(
+        "the object is {:.1} MiB, over the {:.0} MiB limit (--max-object-bytes): not read",
+        size as f64 / f64::from(1 << 20),
+        limit as f64 / f64::from(1 << 20)
+    )
+}
+
+/// The refused objects as rows of [`errors_schema`].
+fn refused_batch(refused: &[Refused]) -> Result<RecordBatch, Error> {
+    let paths = StringArray::from_iter_values(refused.iter().map(|(p, _)| p.as_str()));
+    let errors = StringArray::from_iter_values(refused.iter().map(|(_, e)| e.as_str()));
+    Ok(RecordBatch::try_new(
+        errors_schema(),
+        vec![Arc::new(paths), Arc::new(errors)],
+    )?)
 }
 
 fn manifest_schema(views: bool) -> SchemaRef {
@@ -398,6 +444,9 @@ async fn featurize_and_write(
     };
     let mut features = cx.part_writer("features", schema, metadata.clone());
     let mut errors = cx.part_writer("errors", errors_schema(), metadata);
+    if !listing.refused.is_empty() {
+        errors.write(&refused_batch(&listing.refused)?).await?;
+    }
 
     let start = PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
     let ticker = progress_ticker(Arc::clone(progress), start, listed);

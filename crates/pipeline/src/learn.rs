@@ -431,6 +431,7 @@ async fn learn_kinds(
         cluster: photos.cluster.clone(),
         sorted: false,
         views: None,
+        max_object_bytes: crate::featurize::MAX_OBJECT_BYTES,
     };
     let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
     let featurized = crate::kinds::featurize_photos(
@@ -497,6 +498,7 @@ pub async fn evaluate_bundle(
                 cluster: None,
                 sorted: false,
                 views: None,
+                max_object_bytes: crate::featurize::MAX_OBJECT_BYTES,
             };
             let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
             crate::featurize::run_on(&ctx, &job, &quiet).await?;
