@@ -257,6 +257,34 @@ fn same_image_gives_the_same_features_in_two_runs() {
 
 #[test]
 #[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
+fn a_rerun_with_a_misspelled_input_leaves_the_last_result_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let class = tmp.path().join("input/Lemon 1");
+    std::fs::create_dir_all(&class).unwrap();
+    for image in class_images("Lemon 1").into_iter().take(10) {
+        std::os::unix::fs::symlink(&image, class.join(image.file_name().unwrap())).unwrap();
+    }
+    let out = tmp.path().join("out");
+    run_ok(&mut featurize(&tmp.path().join("input"), &out, &[]));
+    let before = success_json(&out);
+    let rerun = featurize(&tmp.path().join("inptu"), &out, &[]).output().unwrap();
+    assert!(!rerun.status.success());
+    let stderr = String::from_utf8(rerun.stderr).unwrap();
+    assert!(stderr.starts_with("error: no images"), "{stderr}");
+    assert_eq!(success_json(&out), before, "the last result is still committed");
+    for file in before["files"]["features"].as_array().unwrap() {
+        let path = file.as_str().unwrap().trim_start_matches("file://");
+        assert!(Path::new(path).is_file(), "{path} is still there");
+    }
+    assert_eq!(feature_rows(&out).len(), 10);
+    assert!(
+        !out.join("_temporary").read_dir().is_ok_and(|mut d| d.next().is_some()),
+        "no scratch left behind"
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
 fn a_folder_without_images_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("readme.txt"), "no images here").unwrap();

@@ -129,6 +129,27 @@ fn run_writes_the_report_the_bundle_and_success_last() {
     let summary = json_file(&out.join("_SUCCESS"));
     assert!(summary["stages"].as_array().unwrap().len() >= 6);
     assert!(!out.join("_work").exists(), "scratch is removed");
+
+    // A rerun with a misspelled test folder fails before it touches the
+    // result: `_SUCCESS` and the bundle are the same bytes, no scratch stays.
+    let (success, bundle) = (
+        std::fs::read(out.join("_SUCCESS")).unwrap(),
+        std::fs::read(out.join("model/bundle.json")).unwrap(),
+    );
+    let Run { train, test, .. } = run();
+    let rerun = fruits_run(train, &test.with_file_name("tset"), out).output().unwrap();
+    assert!(!rerun.status.success());
+    assert!(
+        String::from_utf8_lossy(&rerun.stderr).contains("no images"),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(std::fs::read(out.join("_SUCCESS")).unwrap(), success);
+    assert_eq!(std::fs::read(out.join("model/bundle.json")).unwrap(), bundle);
+    assert!(
+        !out.join("_work").read_dir().is_ok_and(|mut d| d.next().is_some()),
+        "no scratch left behind"
+    );
 }
 
 #[test]

@@ -129,6 +129,11 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
     tracing::info!(job = %cx.id, input = %input.uri(), output = %cx.out.uri(), input_size = model.input_size, "featurize job");
     let staging = cx.scratch("_temporary");
     let listing = list(&cx, &input, &staging, job, progress).await?;
+    // Images were found: from here on the output is being replaced.
+    if let Err(e) = cx.invalidate().await {
+        output::remove_prefix(&cx.out, &staging).await;
+        return Err(e);
+    }
     // In-process, the executor's counter drives the bar; a remote cluster's does not reach us.
     let quiet: Arc<dyn Progress> = Arc::new(crate::NoProgress);
     let engine_progress = if job.cluster.is_none() { progress } else { &quiet };

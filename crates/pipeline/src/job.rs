@@ -15,13 +15,20 @@ pub struct JobContext<'a> {
 }
 
 impl<'a> JobContext<'a> {
-    /// Starts a job that writes under `output`: a fresh id, and `_SUCCESS`
-    /// deleted, so that the folder reads as incomplete from here on.
+    /// Starts a job that writes under `output` with a fresh id. Nothing
+    /// readers see changes yet: the job writes only its own scratch until it
+    /// calls [`JobContext::invalidate`], once its inputs are known good, so
+    /// a misspelled input leaves the last result whole.
     pub async fn begin(ctx: &'a SessionContext, output: &str) -> Result<Self, Error> {
         let out = Location::parse(output)?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        fruits_output::begin(&out).await?;
         Ok(Self { ctx, out, id })
+    }
+
+    /// Deletes `_SUCCESS`, so that the folder reads as incomplete from here
+    /// on: call it before the first write outside the job's scratch.
+    pub async fn invalidate(&self) -> Result<(), Error> {
+        Ok(fruits_output::begin(&self.out).await?)
     }
 
     /// This job's own folder under `OUTPUT/area/`, for scratch files.

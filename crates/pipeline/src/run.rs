@@ -138,7 +138,17 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
     let started = Instant::now();
     let cx = JobContext::begin(ctx, &job.output).await?;
     let mut stages = Stages::default();
-    let featurized = featurize_splits(&cx, job, &mut stages, progress).await?;
+    let featurized = match featurize_splits(&cx, job, &mut stages, progress).await {
+        Ok(featurized) => featurized,
+        Err(e) => {
+            // A bad input: the last result stays, and so nothing of this job.
+            output::remove_prefix(&cx.out, &cx.scratch("_work")).await;
+            return Err(e);
+        }
+    };
+    // Every input gave images (into scratch only): now the model files and
+    // data files readers see start to change.
+    cx.invalidate().await?;
 
     stages.start("fit PCA", progress);
     let pca = fit_pca(ctx, &format!("{}/features", work(&cx, "train")), job.learn.components).await?;
