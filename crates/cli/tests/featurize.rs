@@ -257,6 +257,30 @@ fn same_image_gives_the_same_features_in_two_runs() {
 
 #[test]
 #[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
+fn a_symbolic_link_loop_is_an_error_row_and_the_listing_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    for class in ["Lemon 1", "Kiwi 1"] {
+        let dir = input.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for image in class_images(class).into_iter().take(5) {
+            std::os::unix::fs::symlink(&image, dir.join(image.file_name().unwrap())).unwrap();
+        }
+    }
+    // A folder that leads back to the input's root, between the two classes.
+    std::os::unix::fs::symlink("..", input.join("Lemon 1/loop")).unwrap();
+    let out = tmp.path().join("out");
+    run_ok(&mut featurize(&input, &out, &[]));
+    assert_eq!(feature_rows(&out).len(), 10, "every image of both classes");
+    let errors = error_rows(&out);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].0.ends_with("/Lemon 1/loop"), "{errors:?}");
+    assert!(errors[0].1.contains("symbolic link loop"), "{errors:?}");
+    assert_eq!(success_json(&out)["failed"], 1);
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
 fn a_rerun_with_a_misspelled_input_leaves_the_last_result_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let class = tmp.path().join("input/Lemon 1");

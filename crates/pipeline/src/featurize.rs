@@ -24,7 +24,7 @@ use fruits_backbone::{Backbone, Manifest};
 use fruits_functions::featurize::{features_type, StatsSnapshot, PROGRESS, STATS};
 use fruits_output as output;
 use fruits_storage::{list_images, ImageEntry, Location, ObjectUri};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::job::JobContext;
@@ -273,34 +273,60 @@ async fn write_manifest(
     let rows_per_image = views.max(1);
     // A task holds about `rows_per_task` rows, views included.
     let per_task = (job.rows_per_task / rows_per_image as usize).max(1);
-    let mut chunks = list_images(input).take(limit).try_chunks(per_task);
-    let (mut count, mut part, mut total_bytes) = (0, 0, 0u64);
+    let mut listing = list_images(input).take(limit);
+    let mut parts = ManifestParts {
+        staging,
+        views,
+        written: 0,
+        rows: 0,
+        bytes: 0,
+    };
     let mut refused = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let mut chunk = chunk.map_err(|e| e.1)?;
-        chunk.retain(|e| {
-            let fits = e.size <= job.max_object_bytes;
-            if !fits {
-                refused.push((e.uri.to_string(), too_large(e.size, job.max_object_bytes)));
+    let mut chunk = Vec::with_capacity(per_task);
+    while let Some(item) = listing.next().await {
+        match item {
+            Ok(entry) if entry.size > job.max_object_bytes => {
+                refused.push((entry.uri.to_string(), too_large(entry.size, job.max_object_bytes)));
             }
-            fits
-        });
-        if chunk.is_empty() {
-            continue;
+            Ok(entry) => chunk.push(entry),
+            Err(fruits_storage::Error::Unlisted { uri, reason }) => refused.push((uri, reason)),
+            Err(e) => return Err(e.into()),
         }
-        count += chunk.len() * rows_per_image as usize;
-        total_bytes += chunk.iter().map(|e| e.size).sum::<u64>() * u64::from(rows_per_image);
-        let bytes = manifest_parquet(&chunk, views)?;
-        output::put(
-            &staging.store,
-            &staging.child(&format!("part-{part:05}.parquet")),
-            bytes,
-        )
-        .await?;
-        part += 1;
-        progress.listed(count);
+        if chunk.len() == per_task {
+            parts.write(&mut chunk).await?;
+            progress.listed(parts.rows);
+        }
     }
+    if !chunk.is_empty() {
+        parts.write(&mut chunk).await?;
+        progress.listed(parts.rows);
+    }
+    let (count, total_bytes) = (parts.rows, parts.bytes);
     Ok((count, total_bytes, refused))
+}
+
+/// The manifest files written so far: one per engine task.
+struct ManifestParts<'a> {
+    staging: &'a Location,
+    views: u32,
+    written: usize,
+    /// Rows to featurize (views included), and the bytes they read.
+    rows: usize,
+    bytes: u64,
+}
+
+impl ManifestParts<'_> {
+    /// Writes `chunk` as the next manifest file and empties it.
+    async fn write(&mut self, chunk: &mut Vec<ImageEntry>) -> Result<(), Error> {
+        let per_image = self.views.max(1);
+        self.rows += chunk.len() * per_image as usize;
+        self.bytes += chunk.iter().map(|e| e.size).sum::<u64>() * u64::from(per_image);
+        let file = self.staging.child(&format!("part-{:05}.parquet", self.written));
+        output::put(&self.staging.store, &file, manifest_parquet(chunk, self.views)?).await?;
+        self.written += 1;
+        chunk.clear();
+        Ok(())
+    }
 }
 
 fn too_large(size: u64, limit: u64) -> String {

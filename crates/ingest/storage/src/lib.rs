@@ -44,6 +44,10 @@ pub enum Error {
     Config(String),
     #[error("{uri}: {}", store::describe(cause))]
     Store { uri: String, cause: object_store::Error },
+    /// One entry of a listing could not be listed (a symbolic link loop, a
+    /// folder that cannot be read); the listing goes on past it.
+    #[error("{uri}: {reason}")]
+    Unlisted { uri: String, reason: String },
 }
 
 impl Error {
@@ -211,8 +215,15 @@ pub async fn list_folders(location: &Location) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
-/// Streams every image below `location`, page by page as the store lists them.
+/// Streams every image below `location`, page by page as the store lists
+/// them. A local folder is walked here, not by `object_store`, whose local
+/// listing ends at its first fault: one symbolic link loop would silently
+/// drop the rest. Here each fault is an [`Error::Unlisted`] item and the walk
+/// goes on.
 pub fn list_images(location: &Location) -> BoxStream<'static, Result<ImageEntry, Error>> {
+    if location.root == "file://" {
+        return list_local(location);
+    }
     let root = location.root.clone();
     let prefix = location.prefix.clone();
     let store = location.store.clone();
@@ -242,6 +253,85 @@ pub fn list_images(location: &Location) -> BoxStream<'static, Result<ImageEntry,
             }
         })
         .boxed()
+}
+
+/// [`list_images`] for a local folder: a walk following symbolic links, in
+/// file name order, on a blocking thread, sent through a bounded channel.
+fn list_local(location: &Location) -> BoxStream<'static, Result<ImageEntry, Error>> {
+    let dir = std::path::PathBuf::from(format!("/{}", location.prefix.as_ref()));
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::task::spawn_blocking(move || {
+        let walk = walkdir::WalkDir::new(&dir).follow_links(true).sort_by_file_name();
+        for entry in walk {
+            let item = match entry {
+                Ok(e) if e.file_type().is_file() => match local_image(&e) {
+                    Some(item) => item,
+                    None => continue,
+                },
+                Ok(_) => continue,
+                // A folder that does not exist lists nothing, as on a store.
+                Err(e)
+                    if e.depth() == 0 && e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+                {
+                    break
+                }
+                Err(e) => Err(unlisted(&e)),
+            };
+            if tx.blocking_send(item).is_err() {
+                break;
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+/// The listing item of one local file: `None` if it is not an image by name.
+fn local_image(entry: &walkdir::DirEntry) -> Option<Result<ImageEntry, Error>> {
+    let name = entry.file_name().to_str().unwrap_or("");
+    if !is_image_name(name) {
+        return None;
+    }
+    let path = match Path::from_absolute_path(entry.path()) {
+        Ok(path) => path,
+        Err(e) => {
+            return Some(Err(Error::Unlisted {
+                uri: format!("file://{}", entry.path().display()),
+                reason: format!("not a usable object path: {e}"),
+            }))
+        }
+    };
+    let size = match entry.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return Some(Err(unlisted(&e))),
+    };
+    let uri = ObjectUri {
+        root: "file://".into(),
+        path,
+    };
+    let label = uri.parent_name()?;
+    Some(Ok(ImageEntry { uri, label, size }))
+}
+
+fn unlisted(e: &walkdir::Error) -> Error {
+    let (path, reason) = walk_fault(e);
+    Error::Unlisted {
+        uri: format!("file://{path}"),
+        reason,
+    }
+}
+
+/// The path of a walk's fault, and why.
+fn walk_fault(walk: &walkdir::Error) -> (String, String) {
+    let path = walk.path().map_or_else(String::new, |p| p.display().to_string());
+    let reason = match (walk.loop_ancestor(), walk.io_error()) {
+        (Some(ancestor), _) => format!(
+            "a symbolic link loop (it leads back to {}): not followed",
+            ancestor.display()
+        ),
+        (None, Some(io)) => format!("cannot be listed: {io}"),
+        (None, None) => walk.to_string(),
+    };
+    (path, reason)
 }
 
 fn to_url(uri: &str) -> Result<Url, Error> {
