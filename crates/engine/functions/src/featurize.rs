@@ -40,6 +40,10 @@ pub const FEATURES_DIM: i32 = 1280;
 pub const INFERENCE_BATCH: usize = 32;
 /// Concurrent object reads per task.
 const READ_CONCURRENCY: usize = 16;
+/// Objects a task holds in memory at once: it reads them a window at a time
+/// (the next window while the current one is decoded and run), so a task of
+/// 256 rows holds 2 × 64 objects, not 256.
+const READ_WINDOW: usize = 2 * INFERENCE_BATCH;
 
 /// `FixedSizeList<Float32, 1280>`: the `features` column.
 pub fn features_type() -> DataType {
@@ -179,38 +183,46 @@ fn featurize_paths(
         (Some(v), true) => View::seeded(v.seed, paths.value(row), v.index[row]),
         _ => View::WHOLE,
     };
-    let t0 = Instant::now();
-    let contents = read_all(uris)?;
-    STATS
-        .read_ns
-        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let windows: Vec<Vec<Option<String>>> = uris.chunks(READ_WINDOW).map(<[_]>::to_vec).collect();
+    let mut reading = windows.first().cloned().map(start_reads);
 
-    let mut results: Vec<RowResult> = Vec::with_capacity(contents.len());
+    let mut results: Vec<RowResult> = Vec::with_capacity(uris.len());
     let mut pending: Vec<usize> = Vec::new();
     let mut input: Vec<f32> = Vec::new();
-    for (row, content) in contents.into_iter().enumerate() {
-        let t = Instant::now();
-        let view = view_of(row);
-        let prepared = content.and_then(|bytes| {
-            STATS.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            fruits_preprocess::prepare_view(&bytes, &view, spec, &mut input).map_err(|e| e.to_string())
-        });
+    for next in windows.iter().skip(1).map(Some).chain([None]) {
+        let t0 = Instant::now();
+        let contents = match reading.take() {
+            Some(reads) => finish_reads(reads)?,
+            None => break,
+        };
         STATS
-            .preprocess_ns
-            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        match prepared {
-            Ok(()) => {
-                pending.push(results.len());
-                results.push(Ok(Vec::new()));
+            .read_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        reading = next.cloned().map(start_reads);
+        for content in contents {
+            let t = Instant::now();
+            let view = view_of(results.len());
+            let prepared = content.and_then(|bytes| {
+                STATS.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                fruits_preprocess::prepare_view(&bytes, &view, spec, &mut input).map_err(|e| e.to_string())
+            });
+            STATS
+                .preprocess_ns
+                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            match prepared {
+                Ok(()) => {
+                    pending.push(results.len());
+                    results.push(Ok(Vec::new()));
+                }
+                Err(e) => {
+                    STATS.failed.fetch_add(1, Ordering::Relaxed);
+                    PROGRESS.fetch_add(1, Ordering::Relaxed);
+                    results.push(Err(e));
+                }
             }
-            Err(e) => {
-                STATS.failed.fetch_add(1, Ordering::Relaxed);
-                PROGRESS.fetch_add(1, Ordering::Relaxed);
-                results.push(Err(e));
+            if pending.len() == INFERENCE_BATCH {
+                infer(backbone, &mut input, &mut pending, spec, &mut results)?;
             }
-        }
-        if pending.len() == INFERENCE_BATCH {
-            infer(backbone, &mut input, &mut pending, spec, &mut results)?;
         }
     }
     infer(backbone, &mut input, &mut pending, spec, &mut results)?;
@@ -278,20 +290,28 @@ fn to_struct_array(results: Vec<RowResult>) -> Result<ArrayRef> {
     Ok(Arc::new(array))
 }
 
-/// Reads every object, in order, on the I/O runtime.
+/// Objects being read, in order, on the I/O runtime.
+type Reads = tokio::task::JoinHandle<Vec<Result<RowResult<bytes::Bytes>>>>;
+
+/// Starts reading a window of objects on the I/O runtime.
 ///
 /// The UDF is synchronous and runs on an engine worker thread; blocking that
-/// thread while a separate runtime does the I/O keeps the engine's own runtime
-/// free of nested `block_on` calls.
-fn read_all(uris: Vec<Option<String>>) -> Result<Vec<RowResult<bytes::Bytes>>> {
-    let task = io_runtime().spawn(async move {
+/// thread (in [`finish_reads`]) while a separate runtime does the I/O keeps
+/// the engine's own runtime free of nested `block_on` calls.
+fn start_reads(uris: Vec<Option<String>>) -> Reads {
+    io_runtime().spawn(async move {
         futures::stream::iter(uris)
             .map(read_one)
             .buffered(READ_CONCURRENCY)
             .collect::<Vec<_>>()
             .await
-    });
-    let reads = futures::executor::block_on(task).map_err(|e| exec_datafusion(format!("read task failed: {e}")))?;
+    })
+}
+
+/// Waits for a window's reads: each object's bytes or per-image failure, or
+/// the first transient failure.
+fn finish_reads(reads: Reads) -> Result<Vec<RowResult<bytes::Bytes>>> {
+    let reads = futures::executor::block_on(reads).map_err(|e| exec_datafusion(format!("read task failed: {e}")))?;
     reads.into_iter().collect()
 }
 
