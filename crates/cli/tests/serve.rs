@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::http::{multipart, read_reply, write_head, Server, ADMIN_TOKEN};
+use common::http::{multipart, read_reply, start_upload, write_head, Server, ADMIN_TOKEN};
 use common::{fruits, labelled_images, real_photos, run_ok, trained_run};
+use fruits_bench::process::peak_rss_mib;
 
 fn image_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
@@ -185,17 +186,6 @@ fn real_photos_get_their_kind_first_and_val_holds_its_floors() {
     );
 }
 
-/// Peak resident memory of a process (`VmHWM`), in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024.0
-}
-
 #[test]
 #[ignore = "end-to-end: the installed model, and Chromium for the page; scripts/test runs it"]
 fn a_50_mp_strip_is_looked_at_in_a_handful_of_views_with_bounded_memory() {
@@ -226,6 +216,7 @@ fn a_50_mp_strip_is_looked_at_in_a_handful_of_views_with_bounded_memory() {
         .post_image("/v1/identify", "image/jpeg", &image_bytes(photo))
         .json();
     let before = peak_rss_mib(server.child.id());
+    assert!(before > 0.0, "the server's /proc status is readable");
     let start = std::time::Instant::now();
     let answer = server.post_image("/v1/identify", "image/png", &png).json();
     let seconds = start.elapsed().as_secs_f64();
@@ -650,33 +641,14 @@ fn half_sent_requests_and_slow_uploads_are_cut_off_and_other_clients_still_serve
     // (8 of 32): the rest are turned away, and a photo from another
     // address is answered at once.
     let stalled: Vec<std::net::TcpStream> = (0..32)
-        .map(|_| {
-            let mut s = server.connect();
-            write_head(
-                &mut s,
-                "POST",
-                "/v1/identify",
-                &[("content-type", "image/jpeg")],
-                Some(good.len()),
-            );
-            s.write_all(&good[..good.len() / 2]).unwrap();
-            s
-        })
+        .map(|_| start_upload(server.connect(), &good, good.len() / 2))
         .collect();
     let began = Instant::now();
     while server.photos_in_progress() < 8 {
         assert!(began.elapsed() < Duration::from_secs(10), "the uploads never began");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut other = server.connect_from("127.0.0.2".parse().unwrap());
-    write_head(
-        &mut other,
-        "POST",
-        "/v1/identify",
-        &[("content-type", "image/jpeg")],
-        Some(good.len()),
-    );
-    other.write_all(&good).unwrap();
+    let other = start_upload(server.connect_from("127.0.0.2".parse().unwrap()), &good, good.len());
     let asked = Instant::now();
     assert_eq!(read_reply(other).status, 200, "another client's photo is answered");
     assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
@@ -863,18 +835,7 @@ fn scan_bombs_are_refused_at_once_and_sigterm_ends_within_the_grace() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     // As many bombs as workers at once, and a photo: answered within 1 s.
     let bombs: Vec<_> = (0..2)
-        .map(|_| {
-            let mut s = server.connect();
-            write_head(
-                &mut s,
-                "POST",
-                "/v1/identify",
-                &[("content-type", "image/jpeg")],
-                Some(bomb.len()),
-            );
-            s.write_all(&bomb).unwrap();
-            s
-        })
+        .map(|_| start_upload(server.connect(), &bomb, bomb.len()))
         .collect();
     let asked = Instant::now();
     assert_eq!(server.post_image("/v1/identify", "image/jpeg", &good).status, 200);

@@ -121,15 +121,7 @@ impl Server {
     /// once the service counts the photo in progress.
     pub fn begin_upload(&self, jpeg: &[u8], sent: usize) -> TcpStream {
         let before = self.photos_in_progress();
-        let mut stream = self.connect();
-        write_head(
-            &mut stream,
-            "POST",
-            "/v1/identify",
-            &[("content-type", "image/jpeg")],
-            Some(jpeg.len()),
-        );
-        stream.write_all(&jpeg[..sent]).unwrap();
+        let stream = start_upload(self.connect(), jpeg, sent);
         let start = Instant::now();
         while self.photos_in_progress() <= before {
             assert!(start.elapsed() < Duration::from_secs(30), "the upload never began");
@@ -171,6 +163,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends on `stream` the head of a JPEG upload to `/v1/identify` and its
+/// first `sent` bytes (all of them to finish it); returns the stream to
+/// read the reply from, or to go on with.
+pub fn start_upload(mut stream: TcpStream, jpeg: &[u8], sent: usize) -> TcpStream {
+    write_head(
+        &mut stream,
+        "POST",
+        "/v1/identify",
+        &[("content-type", "image/jpeg")],
+        Some(jpeg.len()),
+    );
+    stream.write_all(&jpeg[..sent]).unwrap();
+    stream
 }
 
 /// One request on a new connection.
