@@ -223,7 +223,8 @@ fn run_on_the_cluster_fits_the_in_process_model() {
         }
         run_ok(&mut cmd);
         let pca: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("model/pca.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(common::bundle_file(&out.join("model"), "pca")).unwrap())
+                .unwrap();
         let metrics: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("report/metrics.json")).unwrap()).unwrap();
         (pca, metrics)

@@ -329,3 +329,54 @@ fn a_missing_model_is_a_clear_error() {
     assert!(stderr.contains("fruits model install"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+#[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
+fn two_jobs_into_one_output_two_seconds_apart_one_refuses_and_the_other_commits_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    for class in ["Lemon 1", "Kiwi 1", "Banana 1", "Cherry 1", "Tomato 1"] {
+        link_class_images(class, 100, &input);
+    }
+    let out = tmp.path().join("out");
+    let first = featurize(&input, &out, &["--rows-per-task", "16"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let second = featurize(&input, &out, &["--rows-per-task", "16"]).output().unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let summary = success_json(&out);
+    let stderr = String::from_utf8(second.stderr).unwrap();
+    assert!(!second.status.success(), "the second job must refuse");
+    let holder = format!("is in use by job {}", summary["job_id"].as_str().unwrap());
+    assert!(stderr.starts_with("error: ") && stderr.contains(&holder), "{stderr}");
+
+    // The first job's result is whole: every image once, exactly the listed
+    // files in the folder, and the lease released.
+    assert_eq!(feature_rows(&out).len(), 500);
+    let listed: HashSet<String> = summary["files"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    let present: HashSet<String> = std::fs::read_dir(out.join("features"))
+        .unwrap()
+        .map(|e| format!("file://{}", e.unwrap().path().display()))
+        .collect();
+    assert_eq!(present, listed);
+    assert!(!out.join("_LEASE").exists());
+
+    // Readers read the listed files only: a stray copy of a data file (what
+    // a crashed job leaves) is not read twice.
+    let one = listed.iter().next().unwrap().trim_start_matches("file://");
+    std::fs::copy(one, out.join("features/part-stray-00000.parquet")).unwrap();
+    let trained = run_ok(
+        fruits()
+            .args(["train", "--components", "16", "--features"])
+            .arg(&out)
+            .arg("--output")
+            .arg(tmp.path().join("model")),
+    );
+    let stdout = String::from_utf8_lossy(&trained.stdout);
+    assert!(stdout.contains("trained on 500 rows of 5 classes"), "{stdout}");
+}

@@ -300,7 +300,7 @@ fn train_and_evaluate_work_apart_on_a_featurize_output() {
     assert!(!refused.exists());
 
     // A damaged bundle file is refused, in one line.
-    let pca = model.join("model/pca.json");
+    let pca = common::bundle_file(&model.join("model"), "pca");
     let mut bytes = std::fs::read(&pca).unwrap();
     bytes[10] ^= 1;
     std::fs::write(&pca, bytes).unwrap();
@@ -348,4 +348,145 @@ fn photo_folders_that_are_not_catalogue_kinds_are_refused_before_any_work() {
     assert!(!result.status.success());
     assert!(stderr.contains("65 is not in 0..=64"), "{stderr}");
     assert!(!out.exists(), "nothing was written");
+}
+
+/// `per_class.0` training and `per_class.1` test images of each class, linked
+/// into `dir/train/<class>` and `dir/test/<class>`.
+fn small_split(dir: &Path, classes: &[&str], per_class: (usize, usize)) -> (PathBuf, PathBuf) {
+    for class in classes {
+        let images = common::class_images(class);
+        for (split, range) in [
+            ("train", 0..per_class.0),
+            ("test", per_class.0..per_class.0 + per_class.1),
+        ] {
+            let to = dir.join(split).join(class);
+            std::fs::create_dir_all(&to).unwrap();
+            for image in &images[range] {
+                std::os::unix::fs::symlink(image, to.join(image.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    (dir.join("train"), dir.join("test"))
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// The data files under `out/dir` that `_SUCCESS` does not list.
+fn unlisted(out: &Path, dir: &str) -> Vec<String> {
+    let summary = json_file(&out.join("_SUCCESS"));
+    let listed: Vec<&str> = summary["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    std::fs::read_dir(out.join(dir))
+        .map(|d| {
+            d.map(|e| format!("file://{}", e.unwrap().path().display()))
+                .filter(|f| !listed.contains(&f.as_str()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "end-to-end: fruits run and fruits serve with the installed model; scripts/test runs it"]
+fn a_rerun_is_invisible_until_it_commits_and_a_killed_one_leaves_the_last_result_whole() {
+    use common::http::{Server, ADMIN_TOKEN};
+    let tmp = tempfile::tempdir().unwrap();
+    let four = ["Apple Braeburn 1", "Banana 1", "Kiwi 1", "Lemon 1"];
+    let (train, test) = small_split(&tmp.path().join("four"), &four, (40, 10));
+    let (train3, test3) = small_split(&tmp.path().join("three"), &four[..3], (40, 10));
+    let out = tmp.path().join("out");
+    // More trees and a second classifier's worth of time between the first
+    // data file and the commit: the window the rerun is caught in.
+    let rerun = |train: &Path, test: &Path| {
+        let mut cmd = fruits_run(train, test, &out);
+        cmd.args(["--rows-per-task", "16"]);
+        cmd
+    };
+    run_ok(&mut rerun(&train, &test));
+    let committed = std::fs::read(out.join("_SUCCESS")).unwrap();
+    let server = Server::start(&out, &["--rate-limit", "0"]);
+    let old = server.get("/readyz").json();
+    assert_eq!(old["classes"], 4);
+
+    // Rerun A is frozen once its first data file is written (its PCA is
+    // fitted, the bundle comes next), then killed.
+    let mut a = rerun(&train3, &test3).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while unlisted(&out, "features").is_empty() {
+        assert!(
+            a.try_wait().unwrap().is_none(),
+            "the rerun ended before it was caught mid-way"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "the rerun wrote nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    signal(&a, "STOP");
+    // A second job into the same output is refused while A holds the lease.
+    let second = rerun(&train3, &test3).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && stderr.contains("is in use by job"),
+        "{stderr}"
+    );
+    // A service started now loads the last committed model.
+    let restarted = Server::start(&out, &["--rate-limit", "0"]);
+    assert_eq!(restarted.get("/readyz").json()["model"], old["model"]);
+    drop(restarted);
+    signal(&a, "KILL");
+    a.wait().unwrap();
+    assert_eq!(
+        std::fs::read(out.join("_SUCCESS")).unwrap(),
+        committed,
+        "still the last result"
+    );
+    for file in json_file(&out.join("_SUCCESS"))["files"].as_array().unwrap() {
+        let path = file.as_str().unwrap().trim_start_matches("file://");
+        assert!(Path::new(path).is_file(), "{path} is still there");
+    }
+
+    // Rerun B (the killed job's lease is taken over at once) while the
+    // service reloads again and again: every reload gets a whole bundle,
+    // the old one until B commits, then the new one.
+    let reload = || {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        server.send("POST", "/v1/admin/reload", &[("authorization", auth.as_str())], b"")
+    };
+    let mut b = rerun(&train3, &test3).spawn().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    while b.try_wait().unwrap().is_none() {
+        let r = reload();
+        assert_eq!(r.status, 200, "a reload mid-run failed: {}", r.text());
+        seen.insert(r.json()["model"].as_str().unwrap().to_string());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(b.wait().unwrap().success());
+    let new = reload().json()["model"].as_str().unwrap().to_string();
+    assert_ne!(new, old["model"].as_str().unwrap());
+    assert_eq!(server.get("/readyz").json()["classes"], 3);
+    seen.remove(&new);
+    seen.remove(old["model"].as_str().unwrap());
+    assert!(seen.is_empty(), "models neither old nor new: {seen:?}");
+    // What is left is exactly the new result: no file of A, no lease, no scratch.
+    assert_eq!(unlisted(&out, "features"), Vec::<String>::new());
+    assert_eq!(unlisted(&out, "errors"), Vec::<String>::new());
+    let bundle = json_file(&out.join("model/bundle.json"));
+    let models = std::fs::read_dir(out.join("model")).unwrap().count();
+    assert_eq!(
+        models,
+        1 + 1 + bundle["classifiers"].as_array().unwrap().len(),
+        "bundle.json, pca, classifiers"
+    );
+    assert!(!out.join("_LEASE").exists() && !out.join("_work").exists());
 }

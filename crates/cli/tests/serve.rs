@@ -942,7 +942,7 @@ fn bench_photos_scores_kinds_on_real_photos_and_refuses_unknown_folders() {
 /// Rewrites the bundle's logistic regression file with other formatting (the
 /// same model, another sha256) and updates `bundle.json`: a new model id.
 fn republish(model_dir: &Path, pretty: bool) -> String {
-    let file = model_dir.join("logistic_regression.json");
+    let file = common::bundle_file(model_dir, "logistic_regression");
     let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let bytes = if pretty {
         serde_json::to_vec_pretty(&value).unwrap()
@@ -1006,7 +1006,9 @@ fn reload_swaps_the_model_without_dropping_requests_in_flight() {
     assert_eq!(next["model"], second.as_str());
 
     // A damaged bundle is refused and the current model keeps answering.
-    std::fs::write(model_dir.join("pca.json"), b"{}").unwrap();
+    let pca = common::bundle_file(&model_dir, "pca");
+    let good_pca = std::fs::read(&pca).unwrap();
+    std::fs::write(&pca, b"{}").unwrap();
     reload(Some(ADMIN_TOKEN)).assert_error(503, "reload_failed");
     assert_eq!(
         server.post_image("/v1/identify", "image/jpeg", &good).json()["model"],
@@ -1015,7 +1017,7 @@ fn reload_swaps_the_model_without_dropping_requests_in_flight() {
 
     // A bundle.json whose digest is cut short (it used to panic the reload
     // task, after which SIGHUP did nothing) is refused by the API and by SIGHUP.
-    std::fs::copy(run.join("model/pca.json"), model_dir.join("pca.json")).unwrap();
+    std::fs::write(&pca, good_pca).unwrap();
     let manifest_path = model_dir.join("bundle.json");
     let good_manifest = std::fs::read(&manifest_path).unwrap();
     let mut short: serde_json::Value = serde_json::from_slice(&good_manifest).unwrap();

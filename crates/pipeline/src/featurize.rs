@@ -126,20 +126,37 @@ pub async fn run_on(ctx: &SessionContext, job: &FeaturizeJob, progress: &Arc<dyn
     let model = ModelRef::of(job)?;
     let input = Location::parse(&job.input)?;
     let cx = JobContext::begin(ctx, &job.output).await?;
+    let result = featurize_into(&cx, job, &input, model, progress, started).await;
+    cx.end().await;
+    result
+}
+
+/// The job once it holds the output: the last result stays committed, and
+/// readable, until this one commits.
+async fn featurize_into(
+    cx: &JobContext<'_>,
+    job: &FeaturizeJob,
+    input: &Location,
+    model: ModelRef,
+    progress: &Arc<dyn Progress>,
+    started: Instant,
+) -> Result<Summary, Error> {
     tracing::info!(job = %cx.id, input = %input.uri(), output = %cx.out.uri(), input_size = model.input_size, "featurize job");
     let staging = cx.scratch("_temporary");
-    let listing = list(&cx, &input, &staging, job, progress).await?;
-    // Images were found: from here on the output is being replaced.
-    if let Err(e) = cx.invalidate().await {
-        output::remove_prefix(&cx.out, &staging).await;
-        return Err(e);
-    }
+    let listing = list(cx, input, &staging, job, progress).await?;
     // In-process, the executor's counter drives the bar; a remote cluster's does not reach us.
     let quiet: Arc<dyn Progress> = Arc::new(crate::NoProgress);
     let engine_progress = if job.cluster.is_none() { progress } else { &quiet };
-    let engine = featurize_and_write(&cx, &listing, &model, job, engine_progress).await;
+    let engine = featurize_and_write(cx, &listing, &model, job, engine_progress).await;
     output::remove_prefix(&cx.out, &staging).await;
-    finish(&cx, job, &input, model, listing, engine?, started).await
+    let result = match engine {
+        Ok(engine) => finish(cx, job, input, model, listing, engine, started).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        cx.remove_unlisted(&["features", "errors"]).await;
+    }
+    result
 }
 
 /// The backbone a job runs and the input side it feeds it.
@@ -192,8 +209,8 @@ async fn list(
     })
 }
 
-/// Checks that every listed image became a row, removes the files of earlier
-/// runs, and commits the summary.
+/// Checks that every listed image became a row, commits the summary, then
+/// removes the files of earlier runs.
 async fn finish(
     cx: &JobContext<'_>,
     job: &FeaturizeJob,
@@ -243,6 +260,8 @@ async fn finish(
         model: model.manifest,
         files,
     };
+    summary.stages_ms.commit = t_commit.elapsed().as_millis() as u64;
+    cx.commit(&summary).await?;
     let keep: Vec<String> = summary
         .files
         .features
@@ -251,8 +270,6 @@ async fn finish(
         .cloned()
         .collect();
     cx.remove_stale(&["features", "errors"], &keep).await?;
-    summary.stages_ms.commit = t_commit.elapsed().as_millis() as u64;
-    cx.commit(&summary).await?;
     Ok(summary)
 }
 

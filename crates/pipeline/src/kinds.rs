@@ -144,13 +144,13 @@ pub async fn featurize_photos(
                 views,
                 ..template.clone()
             };
-            run_on(ctx, &job, progress).await?;
+            let summary = run_on(ctx, &job, progress).await?;
             let order = match views {
                 Some(_) => view_order(),
                 None => vec![col("path").sort(true, false)],
             };
             let df = ctx
-                .read_parquet(format!("{}/features/", job.output), ParquetReadOptions::default())
+                .read_parquet(summary.files.features, ParquetReadOptions::default())
                 .await?
                 .sort(order)?;
             for batch in df.collect().await? {

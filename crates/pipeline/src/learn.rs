@@ -17,6 +17,7 @@ use fruits_pca::{Keep, Moments, Pca};
 use fruits_storage::Location;
 use serde::Serialize;
 
+use crate::job::JobContext;
 use crate::Error;
 
 /// How to reduce and learn.
@@ -130,13 +131,11 @@ impl Rows {
     }
 }
 
-/// Reads `path`, `label` and a vector column of a Parquet folder on the engine.
-pub async fn read_rows(ctx: &SessionContext, folder: &str, vectors: &str) -> Result<Rows, Error> {
+/// Reads `path`, `label` and a vector column of Parquet `files` (URIs of
+/// files, or of folders when they end in `/`) on the engine.
+pub async fn read_rows(ctx: &SessionContext, files: &[String], vectors: &str) -> Result<Rows, Error> {
     let df = ctx
-        .read_parquet(
-            format!("{}/", folder.trim_end_matches('/')),
-            ParquetReadOptions::default(),
-        )
+        .read_parquet(files.to_vec(), ParquetReadOptions::default())
         .await?
         .select(vec![col("path"), col("label"), col(vectors)])?;
     let mut rows = Rows::default();
@@ -147,20 +146,29 @@ pub async fn read_rows(ctx: &SessionContext, folder: &str, vectors: &str) -> Res
     Ok(rows)
 }
 
-/// The `path`, `label` and `features` rows of a `fruits featurize` output folder.
-pub async fn read_featurized(ctx: &SessionContext, output: &Location) -> Result<Rows, Error> {
-    read_rows(ctx, &format!("{}/features", output.uri()), "features").await
+/// The `features/` files a committed `fruits featurize` output lists in its
+/// `_SUCCESS`: what its readers read, never the whole folder.
+pub async fn committed_features(output: &Location) -> Result<Vec<String>, Error> {
+    fruits_output::committed_files(output, "features")
+        .await
+        .map_err(|e| match e {
+            fruits_output::Error::Summary { uri, cause } => Error::NotFeatures(format!("{uri}: {cause}")),
+            other => other.into(),
+        })
 }
 
-/// Fits the PCA of the `features` column of a Parquet folder: partial
-/// moments on the executors, merged by the engine, decomposed here.
-pub async fn fit_pca(ctx: &SessionContext, folder: &str, keep: Keep) -> Result<Pca, Error> {
+/// The `path`, `label` and `features` rows of a `fruits featurize` output folder.
+pub async fn read_featurized(ctx: &SessionContext, output: &Location) -> Result<Rows, Error> {
+    read_rows(ctx, &committed_features(output).await?, "features").await
+}
+
+/// Fits the PCA of the `features` column of Parquet `files` (as in
+/// [`read_rows`]): partial moments on the executors, merged by the engine,
+/// decomposed here.
+pub async fn fit_pca(ctx: &SessionContext, files: &[String], keep: Keep) -> Result<Pca, Error> {
     let moments_fn = ctx.udaf(fruits_functions::pca_moments::NAME)?;
     let df = ctx
-        .read_parquet(
-            format!("{}/", folder.trim_end_matches('/')),
-            ParquetReadOptions::default(),
-        )
+        .read_parquet(files.to_vec(), ParquetReadOptions::default())
         .await?
         .aggregate(vec![], vec![moments_fn.call(vec![col("features")]).alias("m")])?;
     let batches = df.collect().await?;
@@ -277,13 +285,14 @@ pub struct BundleParts<'a> {
 }
 
 /// Builds the bundle of learned classifiers and writes it to `model_dir`
-/// (`bundle.json` last): the one way `run` and `train` save a model.
+/// (`bundle.json` last): the one way `run` and `train` save a model. Returns
+/// the bundle and the URIs of its files (the folder's others are stale).
 pub async fn save_bundle(
     model_dir: &Location,
     learned: Learned,
     parts: BundleParts<'_>,
     opts: &LearnOptions,
-) -> Result<Bundle, Error> {
+) -> Result<(Bundle, Vec<String>), Error> {
     let mut bundle = Bundle::new(
         learned.classes,
         parts.backbone.clone(),
@@ -294,8 +303,8 @@ pub async fn save_bundle(
     );
     bundle.manifest.confidence = parts.confidence;
     bundle.kind_head = parts.kind_head;
-    bundle.save(model_dir).await?;
-    Ok(bundle)
+    let files = bundle.save(model_dir).await?;
+    Ok((bundle, files))
 }
 
 /// What `fruits train` did.
@@ -340,7 +349,6 @@ pub async fn train_bundle(
     opts: &LearnOptions,
 ) -> Result<TrainSummary, Error> {
     let features = Location::parse(features)?;
-    let out = Location::parse(output)?;
     let (backbone, input_size) = featurized_with(&features).await?;
     if let Some(p) = photos {
         crate::kinds::check_photo_folders(&p.folders).await?;
@@ -356,12 +364,38 @@ pub async fn train_bundle(
             });
         }
     }
-    fruits_output::begin(&out).await?;
-    let folder = format!("{}/features", features.uri());
+    let cx = JobContext::begin(ctx, output).await?;
+    let featurized = Featurized {
+        location: features,
+        backbone,
+        input_size,
+    };
+    let result = train_holding(&cx, &featurized, photos, opts).await;
+    cx.end().await;
+    result
+}
+
+/// A committed featurize output and what made it.
+struct Featurized {
+    location: Location,
+    backbone: fruits_backbone::Manifest,
+    input_size: u32,
+}
+
+/// `fruits train` once it holds the output: the last bundle stays whole
+/// until `model/bundle.json` switches, its files go once `_SUCCESS` is written.
+async fn train_holding(
+    cx: &JobContext<'_>,
+    featurized: &Featurized,
+    photos: Option<&TrainPhotos>,
+    opts: &LearnOptions,
+) -> Result<TrainSummary, Error> {
+    let (ctx, input_size) = (cx.ctx, featurized.input_size);
+    let files = committed_features(&featurized.location).await?;
     let t = Instant::now();
-    let pca = fit_pca(ctx, &folder, opts.components).await?;
+    let pca = fit_pca(ctx, &files, opts.components).await?;
     let mut seconds = vec![("PCA".to_string(), t.elapsed().as_secs_f64())];
-    let rows = read_featurized(ctx, &features).await?;
+    let rows = read_rows(ctx, &files, "features").await?;
     // The kind head learns from a few studio shots per class, as features.
     let studio = photos.map(|_| crate::kinds::studio_sample(&rows, opts.kinds.studio_per_class));
     let reduced = Rows {
@@ -379,22 +413,22 @@ pub async fn train_bundle(
     let kind_head = match photos.zip(studio) {
         Some((p, studio)) => {
             let t = Instant::now();
-            let head = learn_kinds(ctx, &out, p, input_size, studio, &learned.classes, opts).await?;
+            let head = learn_kinds(cx, p, input_size, studio, &learned.classes, opts).await?;
             seconds.push(("kind head".to_string(), t.elapsed().as_secs_f64()));
             Some(head)
         }
         None => None,
     };
     let (rows, classes) = (learned.rows.len(), learned.classes.len());
-    let model_dir = Location::parse(&out.child("model").to_string())?;
+    let model_dir = Location::parse(&cx.out.child("model").to_string())?;
     let parts = BundleParts {
-        backbone: &backbone,
+        backbone: &featurized.backbone,
         input_size,
         pca: &pca,
         confidence: Vec::new(),
         kind_head,
     };
-    save_bundle(&model_dir, learned, parts, opts).await?;
+    let (_, model_files) = save_bundle(&model_dir, learned, parts, opts).await?;
     let summary = TrainSummary {
         rows,
         classes,
@@ -403,23 +437,23 @@ pub async fn train_bundle(
         seconds,
         bundle: model_dir.uri(),
     };
-    fruits_output::commit(&out, &summary).await?;
+    cx.commit(&summary).await?;
+    cx.remove_stale(&["model"], &model_files).await?;
     Ok(summary)
 }
 
-/// Featurizes the real photos and their views into `OUTPUT/_work/` and
+/// Featurizes the real photos and their views into `OUTPUT/_work/JOB/` and
 /// trains the kind head on them and on `studio` (feature rows of studio
 /// shots, `classes` the bundle's classes), removing the scratch.
 async fn learn_kinds(
-    ctx: &SessionContext,
-    out: &Location,
+    cx: &JobContext<'_>,
     photos: &TrainPhotos,
     input_size: u32,
     studio: Rows,
     classes: &[String],
     opts: &LearnOptions,
 ) -> Result<fruits_bundle::KindHead, Error> {
-    let scratch = out.child("_work");
+    let (ctx, scratch) = (cx.ctx, cx.scratch("_work"));
     let template = crate::FeaturizeJob {
         input: String::new(),
         output: String::new(),
@@ -443,7 +477,7 @@ async fn learn_kinds(
         &quiet,
     )
     .await;
-    fruits_output::remove_prefix(out, &scratch).await;
+    fruits_output::remove_prefix(&cx.out, &scratch).await;
     let (photo_rows, view_rows) = featurized?;
     let (head, metrics) =
         crate::kinds::train_kind_head_off_runtime(photo_rows, view_rows, studio, classes, opts.kinds).await?;

@@ -74,6 +74,8 @@ pub enum Error {
     NoKindFolders(String),
     #[error("the features were made with model {features} but --model-dir holds {installed}: real photos must go through the same backbone")]
     OtherBackbone { features: String, installed: String },
+    #[error("the job lost its lease on the output (another job may write there now): the result is not committed")]
+    LeaseGone,
 }
 
 impl From<datafusion::error::DataFusionError> for Error {

@@ -137,34 +137,45 @@ pub async fn run(job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummar
 async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummary, Error> {
     let started = Instant::now();
     let cx = JobContext::begin(ctx, &job.output).await?;
+    let result = run_holding(&cx, job, progress, started).await;
+    if result.is_err() {
+        output::remove_prefix(&cx.out, &cx.scratch("_work")).await;
+        cx.remove_unlisted(&["features", "errors"]).await;
+    }
+    cx.end().await;
+    result
+}
+
+/// The run once it holds the output. Nothing readers see changes before the
+/// commit: data files carry the job id, model files are named by their
+/// content and `model/bundle.json` switches in one put, and the last
+/// result's files are removed only once `_SUCCESS` lists the new ones.
+async fn run_holding(
+    cx: &JobContext<'_>,
+    job: &RunJob,
+    progress: &Arc<dyn Progress>,
+    started: Instant,
+) -> Result<RunSummary, Error> {
     let mut stages = Stages::default();
-    let featurized = match featurize_splits(&cx, job, &mut stages, progress).await {
-        Ok(featurized) => featurized,
-        Err(e) => {
-            // A bad input: the last result stays, and so nothing of this job.
-            output::remove_prefix(&cx.out, &cx.scratch("_work")).await;
-            return Err(e);
-        }
-    };
-    // Every input gave images (into scratch only): now the model files and
-    // data files readers see start to change.
-    cx.invalidate().await?;
+    let featurized = featurize_splits(cx, job, &mut stages, progress).await?;
 
     stages.start("fit PCA", progress);
-    let pca = fit_pca(ctx, &format!("{}/features", work(&cx, "train")), job.learn.components).await?;
-    let model_dir = Location::parse(&cx.out.child("model").to_string())?;
-    let pca_file = fruits_bundle::put(&model_dir, "pca.json", pca.to_json()).await?;
+    let train_folder = format!("{}/features", work(cx, "train"));
+    let pca = fit_pca(cx.ctx, &[train_folder + "/"], job.learn.components).await?;
+    // The projection reads the PCA from the job's scratch, not the model folder.
+    let scratch = Location::parse(&cx.scratch("_work").to_string())?;
+    let pca_file = fruits_bundle::put(&scratch, "pca.json", pca.to_json()).await?;
     let pca_model = PcaModel {
         pca: &pca,
-        uri: model_dir.child("pca.json"),
+        uri: scratch.child("pca.json"),
         sha256: pca_file.sha256,
     };
 
     stages.start("project and write", progress);
-    let projected = project_and_write(&cx, job, &pca_model, job.featurize.sorted).await?;
-    let errors = write_errors(&cx, job).await?;
+    let projected = project_and_write(cx, job, &pca_model, job.featurize.sorted).await?;
+    let errors = write_errors(cx, job).await?;
 
-    let views = read_views(&cx, job).await?;
+    let views = read_views(cx, job).await?;
 
     stages.start("train", progress);
     let learned = train_off_runtime(projected.train, job.learn).await?;
@@ -208,13 +219,11 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         confidence: scored.iter().map(|(s, _)| (s.name.clone(), s.confidence)).collect(),
         kind_head,
     };
-    save_bundle(&model_dir, learned, parts, &job.learn).await?;
-    write_report(&cx, &metrics, &pca, &scored, &projected.test, &mut stages).await?;
+    let model_dir = Location::parse(&cx.out.child("model").to_string())?;
+    let (_, model_files) = save_bundle(&model_dir, learned, parts, &job.learn).await?;
+    write_report(cx, &metrics, &pca, &scored, &projected.test, &mut stages).await?;
 
     let files: Vec<String> = projected.files.into_iter().chain(errors).collect();
-    cx.remove_stale(&["features", "errors"], &files).await?;
-    // Every run's scratch, including what a crashed earlier run left.
-    output::remove_prefix(&cx.out, &cx.out.child("_work")).await;
     let summary = RunSummary {
         job_id: cx.id.clone(),
         output: cx.out.uri(),
@@ -226,6 +235,11 @@ async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progres
         files,
     };
     cx.commit(&summary).await?;
+    cx.remove_stale(&["features", "errors"], &summary.files).await?;
+    cx.remove_stale(&["model"], &model_files).await?;
+    // Every run's scratch, including what a crashed earlier run left: no
+    // other job writes here while this one holds the lease.
+    output::remove_prefix(&cx.out, &cx.out.child("_work")).await;
     Ok(summary)
 }
 

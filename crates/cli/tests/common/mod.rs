@@ -216,3 +216,21 @@ pub fn labelled_images(dir: &Path, per_class: usize) -> Vec<(String, PathBuf)> {
     }
     out
 }
+
+/// The file a bundle folder's `bundle.json` names for `what` (`pca`, or a
+/// classifier's name): bundle files are named by their content.
+pub fn bundle_file(model_dir: &Path, what: &str) -> PathBuf {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_dir.join("bundle.json")).unwrap()).unwrap();
+    let file = match what {
+        "pca" => manifest["pca"]["file"].clone(),
+        name => manifest["classifiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == name)
+            .map(|c| c[1]["file"].clone())
+            .unwrap_or_else(|| panic!("the bundle has no {name}")),
+    };
+    model_dir.join(file.as_str().unwrap())
+}

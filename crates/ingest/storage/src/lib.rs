@@ -70,6 +70,39 @@ impl Error {
             }
         )
     }
+
+    /// A put that was to create the object found one there.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(
+            self,
+            Error::Store {
+                cause: object_store::Error::AlreadyExists { .. },
+                ..
+            }
+        )
+    }
+
+    /// A conditional put whose condition did not hold.
+    pub fn is_precondition(&self) -> bool {
+        matches!(
+            self,
+            Error::Store {
+                cause: object_store::Error::Precondition { .. },
+                ..
+            }
+        )
+    }
+
+    /// The store does not offer the operation (e.g. a conditional replace).
+    pub fn is_not_implemented(&self) -> bool {
+        matches!(
+            self,
+            Error::Store {
+                cause: object_store::Error::NotImplemented { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// The image file extensions we list, compared case-insensitively.

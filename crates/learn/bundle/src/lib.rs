@@ -3,14 +3,18 @@
 //! the service.
 //!
 //! ```text
-//! model/bundle.json                the manifest: classes, backbone, input size, files and their sha256
-//! model/pca.json                   the fitted PCA (fruits-pca)
-//! model/logistic_regression.json   the classifiers (fruits-classify)
-//! model/random_forest.json
-//! model/kinds.json                 the kind head's classifier, when trained with real photos (kinds)
+//! model/bundle.json                     the manifest: classes, backbone, input size, files and their sha256
+//! model/pca-SHA.json                    the fitted PCA (fruits-pca)
+//! model/logistic_regression-SHA.json    the classifiers (fruits-classify)
+//! model/random_forest-SHA.json
+//! model/kinds-SHA.json, domain-SHA.json the kind head, when trained with real photos (kinds)
 //! ```
 //!
-//! `bundle.json` is written last and read first; every file it names is
+//! Files are named by their content (`SHA`: the first 16 hex digits of their
+//! sha256), so a new bundle is written beside the last one without touching
+//! it; `bundle.json`, written last in one put, switches readers over. A
+//! service that loads the folder mid-save gets the whole old bundle or the
+//! whole new one. `bundle.json` is read first; every file it names is
 //! checked against its sha256 when loaded. The backbone itself is not copied:
 //! the manifest pins its ONNX sha256, and [`Predictor`] refuses a backbone
 //! directory holding another model.
@@ -104,15 +108,7 @@ impl BundleManifest {
             ));
         }
         check_sha256("backbone.onnx.sha256", &self.backbone.onnx.sha256)?;
-        let mut files = vec![("pca", &self.pca)];
-        files.extend(self.classifiers.iter().map(|(name, f)| (name.as_str(), f)));
-        if let Some(head) = &self.kind_head {
-            files.extend([
-                ("kind_head.classifier", &head.classifier),
-                ("kind_head.domain", &head.domain),
-            ]);
-        }
-        for (what, file) in files {
+        for (what, file) in self.file_refs() {
             check_file_name(what, &file.file)?;
             check_sha256(what, &file.sha256)?;
         }
@@ -126,6 +122,26 @@ impl BundleManifest {
             }
         }
         Ok(())
+    }
+}
+
+impl BundleManifest {
+    /// The files the manifest names, each with what it is.
+    fn file_refs(&self) -> Vec<(&str, &FileRef)> {
+        let mut files = vec![("pca", &self.pca)];
+        files.extend(self.classifiers.iter().map(|(name, f)| (name.as_str(), f)));
+        if let Some(head) = &self.kind_head {
+            files.extend([
+                ("kind_head.classifier", &head.classifier),
+                ("kind_head.domain", &head.domain),
+            ]);
+        }
+        files
+    }
+
+    /// The names of the files the manifest names (not `bundle.json` itself).
+    pub fn files(&self) -> Vec<&str> {
+        self.file_refs().into_iter().map(|(_, f)| f.file.as_str()).collect()
     }
 }
 
@@ -213,18 +229,19 @@ impl Bundle {
         }
     }
 
-    /// Writes every file, then `bundle.json` last.
-    pub async fn save(&self, dir: &Location) -> Result<(), Error> {
+    /// Writes every file under a name made of its content, then
+    /// `bundle.json`; returns the URIs of the bundle's files, `bundle.json`
+    /// included (the folder's other files belong to earlier bundles).
+    pub async fn save(&self, dir: &Location) -> Result<Vec<String>, Error> {
         let mut manifest = self.manifest.clone();
         let pca = self.pca.to_json();
-        manifest.pca = put(dir, "pca.json", pca).await?;
+        manifest.pca = put_addressed(dir, "pca", pca).await?;
         manifest.classifiers.clear();
         for c in &self.classifiers {
             let bytes = serde_json::to_vec(c).expect("a classifier serializes");
-            let file = format!("{}.json", c.name());
             manifest
                 .classifiers
-                .push((c.name().into(), put(dir, &file, bytes).await?));
+                .push((c.name().into(), put_addressed(dir, c.name(), bytes).await?));
         }
         manifest.kind_head = match &self.kind_head {
             None => None,
@@ -234,8 +251,8 @@ impl Bundle {
                 Some(KindHeadRef {
                     kinds: head.kinds.clone(),
                     class_kinds: head.class_kinds(),
-                    classifier: put(dir, "kinds.json", bytes).await?,
-                    domain: put(dir, "domain.json", domain).await?,
+                    classifier: put_addressed(dir, "kinds", bytes).await?,
+                    domain: put_addressed(dir, "domain", domain).await?,
                     confidence: head.confidence,
                     input: head.input,
                 })
@@ -243,7 +260,12 @@ impl Bundle {
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
         put(dir, MANIFEST, json).await?;
-        Ok(())
+        Ok(manifest
+            .files()
+            .into_iter()
+            .chain([MANIFEST])
+            .map(|f| dir.child(f).to_string())
+            .collect())
     }
 
     /// Loads `uri/bundle.json`, else `uri/model/bundle.json`: a bundle folder
@@ -487,6 +509,14 @@ async fn load_kind_head(dir: &Location, head: &KindHeadRef, classes: usize, pca:
         head.input,
         head.confidence,
     ))
+}
+
+/// Writes `bytes` to `dir/STEM-SHA.json`, named by its content; returns the
+/// file's name and sha256.
+pub async fn put_addressed(dir: &Location, stem: &str, bytes: Vec<u8>) -> Result<FileRef, Error> {
+    let sha256 = fruits_common::sha256_hex(&bytes);
+    let file = format!("{stem}-{}.json", fruits_common::short_digest(&sha256, 16));
+    put(dir, &file, bytes).await
 }
 
 /// Writes `bytes` to `dir/file`; returns the file's name and sha256.

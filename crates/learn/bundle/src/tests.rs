@@ -7,6 +7,7 @@ use fruits_classify::Samples;
 use fruits_pca::{Keep, Moments};
 
 use super::*;
+use std::path::Path;
 
 fn backbone() -> Manifest {
     let file = |name: &str| BackboneFile {
@@ -56,6 +57,22 @@ fn bundle() -> Bundle {
     )
 }
 
+/// The file of a saved bundle named by its content after `stem`.
+fn file_named(dir: &std::path::Path, stem: &str) -> std::path::PathBuf {
+    let found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.strip_prefix(stem)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|sha| sha.len() == 16 + ".json".len() && sha.ends_with(".json"))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{stem}: {found:?}");
+    found[0].clone()
+}
+
 /// The `bundle.json` of the bundle folder `dir`, as JSON.
 fn read_manifest(dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).unwrap()).unwrap()
@@ -100,20 +117,54 @@ async fn a_saved_bundle_loads_whole_and_answers_the_same() {
 }
 
 #[tokio::test]
+async fn a_new_bundle_is_saved_beside_the_last_which_stays_whole_until_bundle_json_switches() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dir.path().display().to_string();
+    let location = Location::parse(&uri).unwrap();
+    let first = bundle().save(&location).await.unwrap();
+    let first_manifest = std::fs::read(dir.path().join(MANIFEST)).unwrap();
+    let mut listed: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| format!("file://{}", e.unwrap().path().display()))
+        .collect();
+    listed.sort();
+    let mut saved = first.clone();
+    saved.sort();
+    assert_eq!(saved, listed, "save names every file it wrote, bundle.json included");
+
+    // Another bundle into the same folder: no file of the first is touched.
+    let second = with_kind_head().save(&location).await.unwrap();
+    assert!(Bundle::load(&uri).await.unwrap().kind_head.is_some());
+    assert!(second.len() > first.len(), "the kind head's two files more");
+    for file in first.iter().filter(|f| !f.ends_with(MANIFEST)) {
+        assert!(
+            Path::new(file.trim_start_matches("file://")).is_file(),
+            "{file} is still there"
+        );
+    }
+    // The first bundle.json still finds its files whole: a reader that read
+    // it just before the switch loads the first bundle.
+    std::fs::write(dir.path().join(MANIFEST), first_manifest).unwrap();
+    let loaded = Bundle::load(&uri).await.unwrap();
+    assert!(loaded.kind_head.is_none());
+    assert_eq!(loaded.manifest.files().len(), 2, "pca and one classifier");
+}
+
+#[tokio::test]
 async fn a_changed_file_is_refused_by_its_sha256() {
     let (dir, uri) = saved().await;
-    let pca = dir.path().join("pca.json");
+    let pca = file_named(dir.path(), "pca");
     let mut text = std::fs::read_to_string(&pca).unwrap();
     text.push(' ');
     std::fs::write(&pca, text).unwrap();
     let err = Bundle::load(&uri).await.unwrap_err().to_string();
-    assert!(err.contains("pca.json") && err.contains("sha256 differs"), "{err}");
+    assert!(err.contains("/pca-") && err.contains("sha256 differs"), "{err}");
 }
 
 #[tokio::test]
 async fn a_missing_or_foreign_manifest_is_refused() {
     let (dir, uri) = saved().await;
-    std::fs::remove_file(dir.path().join("logistic_regression.json")).unwrap();
+    std::fs::remove_file(file_named(dir.path(), "logistic_regression")).unwrap();
     assert!(Bundle::load(&uri).await.is_err(), "a bundle without its classifier");
 
     edit_manifest(dir.path(), |m| m["format"] = serde_json::json!(FORMAT + 1));
@@ -211,7 +262,7 @@ async fn a_kind_head_reading_sqrt_features_round_trips_and_a_wrong_width_is_refu
     // The manifest says the head reads the projection, but its files are 3 wide.
     edit_manifest(dir.path(), |m| m["kind_head"]["input"] = serde_json::json!("reduced"));
     let err = Bundle::load(&uri).await.unwrap_err().to_string();
-    assert!(err.contains("kinds.json") && err.contains("Reduced"), "{err}");
+    assert!(err.contains("/kinds-") && err.contains("Reduced"), "{err}");
 }
 
 #[tokio::test]
@@ -238,12 +289,13 @@ async fn a_kind_head_is_saved_checked_and_answers_the_same_after_loading() {
         "the gate saw only real photos"
     );
 
-    for file in ["kinds.json", "domain.json"] {
-        let good = std::fs::read(dir.path().join(file)).unwrap();
-        std::fs::write(dir.path().join(file), b"{}").unwrap();
+    for stem in ["kinds", "domain"] {
+        let file = file_named(dir.path(), stem);
+        let good = std::fs::read(&file).unwrap();
+        std::fs::write(&file, b"{}").unwrap();
         let err = Bundle::load(&uri).await.unwrap_err().to_string();
-        assert!(err.contains(file) && err.contains("sha256"), "{err}");
-        std::fs::write(dir.path().join(file), good).unwrap();
+        assert!(err.contains(&format!("/{stem}-")) && err.contains("sha256"), "{err}");
+        std::fs::write(&file, good).unwrap();
     }
     Bundle::load(&uri).await.expect("loads again once repaired");
 

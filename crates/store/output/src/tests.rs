@@ -58,26 +58,22 @@ async fn a_rerun_replaces_the_files_and_success_is_written_last() {
     .await
     .unwrap();
 
-    // The rerun: _SUCCESS goes first, so a crash from here on leaves no result.
-    begin(&out).await.unwrap();
-    assert!(read_committed::<Summary>(&out)
-        .await
-        .unwrap_err()
-        .to_string()
-        .contains("_SUCCESS"));
+    // The rerun writes beside the last result, which stays committed and
+    // whole until the new _SUCCESS replaces it.
     let mut second = PartWriter::new(&out, "features", "job2", batch(1).schema(), vec![]);
     second.write(&batch(5)).await.unwrap();
     let (new_files, rows) = second.finish().await.unwrap();
     assert_eq!(rows, 5);
-    // Until the stale files go, both runs' files are there, and no _SUCCESS.
-    assert_eq!(names(&out).await.len(), 2);
-    let removed = remove_stale(&out, "features", &new_files).await.unwrap();
-    assert_eq!(removed, 1);
+    assert_eq!(names(&out).await.len(), 3);
+    assert_eq!(committed_files(&out, "features").await.unwrap(), old_files);
     let summary = Summary {
         job_id: "job2".into(),
         files: new_files.clone(),
     };
     commit(&out, &summary).await.unwrap();
+    assert_eq!(committed_files(&out, "features").await.unwrap(), new_files);
+    let removed = remove_stale(&out, "features", &new_files).await.unwrap();
+    assert_eq!(removed, 1);
 
     assert_eq!(
         names(&out).await,
@@ -88,6 +84,78 @@ async fn a_rerun_replaces_the_files_and_success_is_written_last() {
     );
     assert_eq!(read_committed::<Summary>(&out).await.unwrap(), summary);
     assert!(!new_files.iter().any(|f| old_files.contains(f)));
+}
+
+#[tokio::test]
+async fn readers_get_the_listed_files_of_a_folder_even_after_a_move() {
+    let out = memory();
+    // Listed under another root (the output was copied), nested by kind
+    // (a featurize summary) and beside files of other folders.
+    let summary = serde_json::json!({
+        "files": {
+            "features": ["s3://old/place/features/part-a-00000.parquet", "s3://old/place/features/part-a-00001.parquet"],
+            "errors": ["s3://old/place/errors/part-a-00000.parquet"]
+        }
+    });
+    commit(&out, &summary).await.unwrap();
+    assert_eq!(
+        committed_files(&out, "features").await.unwrap(),
+        vec![
+            "memory:///out/features/part-a-00000.parquet".to_string(),
+            "memory:///out/features/part-a-00001.parquet".to_string()
+        ]
+    );
+    assert_eq!(committed_files(&out, "errors").await.unwrap().len(), 1);
+    commit(&out, &serde_json::json!({"rows": 3})).await.unwrap();
+    let err = committed_files(&out, "features").await.unwrap_err().to_string();
+    assert!(err.contains("lists no files"), "{err}");
+}
+
+#[tokio::test]
+async fn a_second_job_is_refused_while_the_first_holds_the_lease() {
+    let out = memory();
+    let first = Lease::take(&out, "job1", TTL).await.unwrap();
+    let err = Lease::take(&out, "job2", TTL).await.unwrap_err().to_string();
+    assert!(
+        err.contains("in use by job job1") && err.contains("write elsewhere"),
+        "{err}"
+    );
+    first.release().await;
+    let second = Lease::take(&out, "job2", TTL).await.unwrap();
+    assert_eq!(second.holder().job, "job2");
+}
+
+#[tokio::test]
+async fn an_expired_lease_or_one_of_a_dead_process_is_taken_over_in_memory() {
+    taken_over_and_its_holder_loses_it(memory()).await;
+}
+
+/// A local disk has no conditional replace: the take-over deletes, then creates.
+#[tokio::test]
+async fn an_expired_lease_or_one_of_a_dead_process_is_taken_over_on_a_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Location::parse(dir.path().join("out").to_str().unwrap()).unwrap();
+    taken_over_and_its_holder_loses_it(out).await;
+}
+
+async fn taken_over_and_its_holder_loses_it(out: Location) {
+    let mut first = Lease::take(&out, "job1", std::time::Duration::ZERO).await.unwrap();
+    let mut second = Lease::take(&out, "job2", TTL).await.unwrap();
+    let err = first.renew().await.unwrap_err().to_string();
+    assert!(err.contains("lost its lease") && err.contains("job job2"), "{err}");
+    second.renew().await.unwrap();
+    // A lease written by a process of this machine that has ended.
+    let dead = Holder {
+        job: "job3".into(),
+        process: format!("{}:{}", this_process().rsplit_once(':').unwrap().0, u32::MAX),
+        expires: u64::MAX / 2,
+    };
+    put(&out.store, &out.child(LEASE), serde_json::to_vec(&dead).unwrap())
+        .await
+        .unwrap();
+    assert!(second.renew().await.is_err(), "job3 holds it now");
+    let third = Lease::take(&out, "job4", TTL).await.unwrap();
+    assert_eq!(third.holder().job, "job4");
 }
 
 #[tokio::test]
@@ -125,8 +193,6 @@ async fn a_success_of_another_shape_is_a_clear_error() {
     commit(&out, &serde_json::json!({"rows": 3})).await.unwrap();
     let err = read_committed::<Summary>(&out).await.unwrap_err().to_string();
     assert!(err.contains("is not the summary expected here"), "{err}");
-    begin(&out).await.unwrap();
-    begin(&out).await.unwrap(); // nothing to delete is fine
 }
 
 #[tokio::test]
