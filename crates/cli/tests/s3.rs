@@ -52,6 +52,38 @@ fn s3_in_s3_out_every_row_and_every_error_and_no_secret() {
     for (name, bytes) in &broken {
         put(&store, &format!("raw/Training/Kiwi 1/{name}"), bytes.clone());
     }
+    // Keys object_store cannot represent: each an errors/ row, and the
+    // listing goes on past them (they sort among the Kiwi images).
+    let unusable = [
+        "raw/Training/Kiwi 1//double.jpg",
+        "raw/Training/Kiwi 1/./dot.jpg",
+        "raw/Training/Kiwi 1/../up.jpg",
+    ];
+    for key in unusable {
+        server.put_raw_key("lake", key, &real);
+    }
+
+    // Another job's live lease on the output: this one refuses, writes nothing.
+    let foreign = serde_json::json!({"job": "elsewhere1", "process": "other-host:1", "expires": u64::MAX / 2});
+    put(&store, "out/_LEASE", serde_json::to_vec(&foreign).unwrap());
+    let refused = fruits()
+        .envs(server.env())
+        .args([
+            "featurize",
+            "--input",
+            "s3://lake/raw/Training",
+            "--output",
+            "s3://lake/out",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("is in use by job elsewhere1"),
+        "{stderr}"
+    );
+    assert_eq!(list(&store, "out"), ["out/_LEASE"]);
+    common::s3::delete(&store, "out/_LEASE");
 
     let out = fruits()
         .envs(server.env())
@@ -77,15 +109,20 @@ fn s3_in_s3_out_every_row_and_every_error_and_no_secret() {
     let keys = list(&store, "out");
     assert!(keys.contains(&"out/_SUCCESS".to_string()), "{keys:?}");
     assert!(
+        !keys.contains(&"out/_LEASE".to_string()),
+        "the lease is released: {keys:?}"
+    );
+    assert!(
         !keys.iter().any(|k| k.contains("_temporary")),
         "scratch is removed: {keys:?}"
     );
     let success = String::from_utf8(get(&store, "out/_SUCCESS").to_vec()).unwrap();
     assert_no_secret("_SUCCESS", &success);
     let summary: serde_json::Value = serde_json::from_str(&success).unwrap();
-    assert_eq!(summary["objects_listed"], CLASSES.len() * PER_CLASS + broken.len());
+    let failures = broken.len() + unusable.len();
+    assert_eq!(summary["objects_listed"], CLASSES.len() * PER_CLASS + failures);
     assert_eq!(summary["featurized"], CLASSES.len() * PER_CLASS);
-    assert_eq!(summary["failed"], broken.len());
+    assert_eq!(summary["failed"], failures);
 
     let mut seen = HashSet::new();
     for key in keys.iter().filter(|k| k.starts_with("out/features/")) {
@@ -103,15 +140,30 @@ fn s3_in_s3_out_every_row_and_every_error_and_no_secret() {
         }
     }
     assert_eq!(seen, uploaded, "one features row per uploaded image");
-    let mut failed: Vec<String> = Vec::new();
+    let (mut failed, mut named_by_key): (Vec<String>, usize) = (Vec::new(), 0);
     for key in keys.iter().filter(|k| k.starts_with("out/errors/")) {
         for batch in read_parquet(get(&store, key)) {
-            let paths = batch.column(0).as_string::<i32>();
-            failed.extend((0..batch.num_rows()).map(|i| paths.value(i).rsplit('/').next().unwrap().to_string()));
+            let (paths, errors) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+            for i in 0..batch.num_rows() {
+                let path = paths.value(i);
+                if let Some(key) = unusable.iter().find(|k| path == format!("s3://lake/{k}")) {
+                    assert!(
+                        errors.value(i).contains("cannot use as a path"),
+                        "{key}: {}",
+                        errors.value(i)
+                    );
+                    named_by_key += 1;
+                }
+                failed.push(path.rsplit('/').next().unwrap().to_string());
+            }
         }
     }
     failed.sort();
-    assert_eq!(failed, ["cut.jpg", "empty.jpg", "text.jpg"]);
+    assert_eq!(
+        failed,
+        ["cut.jpg", "dot.jpg", "double.jpg", "empty.jpg", "text.jpg", "up.jpg"]
+    );
+    assert_eq!(named_by_key, unusable.len(), "each row names its key as S3 holds it");
 
     let help = fruits()
         .envs(server.env())

@@ -79,6 +79,23 @@ impl S3Server {
         assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
     }
 
+    /// Puts `bytes` under `key` as it is, unsigned: keys a client library
+    /// refuses to write (`a//b.jpg`, `.` and `..` segments), as S3 accepts.
+    pub fn put_raw_key(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let path = key.replace(' ', "%20");
+        write!(
+            conn,
+            "PUT /{bucket}/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            bytes.len()
+        )
+        .unwrap();
+        conn.write_all(bytes).unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "put {key}: {reply}");
+    }
+
     /// From now on every request must carry a key id known to moto's IAM
     /// (its `reset-auth` switch); the tests' own key is not one.
     pub fn enforce_auth(&self) {
@@ -143,6 +160,10 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 pub fn put(store: &Arc<dyn ObjectStore>, key: &str, bytes: Vec<u8>) {
     block_on(store.put(&Path::from(key), PutPayload::from(bytes))).unwrap();
+}
+
+pub fn delete(store: &Arc<dyn ObjectStore>, key: &str) {
+    block_on(store.delete(&Path::from(key))).unwrap();
 }
 
 pub fn get(store: &Arc<dyn ObjectStore>, key: &str) -> bytes::Bytes {

@@ -21,6 +21,7 @@
 //! Must not depend on an engine, a model or an image decoder: it moves bytes.
 
 mod fault;
+mod paged;
 mod store;
 
 use std::sync::Arc;
@@ -258,16 +259,32 @@ pub fn list_images(location: &Location) -> BoxStream<'static, Result<ImageEntry,
         return list_local(location);
     }
     let root = location.root.clone();
-    let prefix = location.prefix.clone();
-    let store = location.store.clone();
-    let listing = futures::stream::once(async move { store.list(Some(&prefix)) }).flatten();
+    let listing = match paged_store(location) {
+        Some(paged) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            tokio::spawn(paged::list(paged, root.clone(), location.prefix.clone(), tx));
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+        }
+        None => {
+            let (store, prefix, root) = (location.store.clone(), location.prefix.clone(), root.clone());
+            futures::stream::once(async move { store.list(Some(&prefix)) })
+                .flatten()
+                .map(move |item| {
+                    item.map_err(|cause| Error::Store {
+                        uri: root.clone(),
+                        cause,
+                    })
+                })
+                .boxed()
+        }
+    };
     listing
         .filter_map(move |item| {
             let root = root.clone();
             async move {
                 let meta = match item {
                     Ok(meta) => meta,
-                    Err(e) => return Some(Err(Error::Store { uri: root, cause: e })),
+                    Err(e) => return Some(Err(e)),
                 };
                 let name = meta.location.filename().unwrap_or("");
                 if !is_image_name(name) {
@@ -286,6 +303,12 @@ pub fn list_images(location: &Location) -> BoxStream<'static, Result<ImageEntry,
             }
         })
         .boxed()
+}
+
+/// The paginated listing of a location's store, when it has one (S3).
+fn paged_store(location: &Location) -> Option<Arc<dyn object_store::list::PaginatedListStore>> {
+    let url = Url::parse(&location.root).ok()?;
+    store::paged_for(&url).ok().flatten()
 }
 
 /// [`list_images`] for a local folder: a walk following symbolic links, in

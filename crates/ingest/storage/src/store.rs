@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::list::PaginatedListStore;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 use url::Url;
@@ -30,27 +31,53 @@ const SECRET_KEYS: &[&str] = &["aws_secret_access_key", "aws_session_token", "aw
 
 /// The process's store for `url`'s scheme and authority, created on first use.
 pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>, Error> {
-    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    Ok(stores_for(url)?.store)
+}
+
+/// The paginated listing of `url`'s store where it has one (S3): the one way
+/// to list past a key `object_store` cannot represent, see `list_images`.
+pub fn paged_for(url: &Url) -> Result<Option<Arc<dyn PaginatedListStore>>, Error> {
+    Ok(stores_for(url)?.paged)
+}
+
+/// One store, seen through the traits the crate uses.
+#[derive(Clone)]
+struct Stores {
+    store: Arc<dyn ObjectStore>,
+    paged: Option<Arc<dyn PaginatedListStore>>,
+}
+
+fn stores_for(url: &Url) -> Result<Stores, Error> {
+    static STORES: OnceLock<Mutex<HashMap<String, Stores>>> = OnceLock::new();
     let root = format!("{}://{}", url.scheme(), url.authority());
     let mut stores = STORES
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(store) = stores.get(&root) {
-        return Ok(store.clone());
+    if let Some(found) = stores.get(&root) {
+        return Ok(found.clone());
     }
-    let store: Arc<dyn ObjectStore> = match url.scheme() {
+    let made = match url.scheme() {
         // Automatic cleanup removes folders left empty by deletes (e.g. scratch space).
-        "file" => Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
-        "s3" | "s3a" => Arc::new(
-            s3_builder(url)?
-                .build()
-                .map_err(|e| Error::Config(redact(&e.to_string())))?,
-        ),
+        "file" => Stores {
+            store: Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
+            paged: None,
+        },
+        "s3" | "s3a" => {
+            let s3 = Arc::new(
+                s3_builder(url)?
+                    .build()
+                    .map_err(|e| Error::Config(redact(&e.to_string())))?,
+            );
+            Stores {
+                store: s3.clone(),
+                paged: Some(s3),
+            }
+        }
         other => return Err(Error::UnsupportedScheme(other.into())),
     };
-    stores.insert(root, store.clone());
-    Ok(store)
+    stores.insert(root, made.clone());
+    Ok(made)
 }
 
 fn s3_builder(url: &Url) -> Result<AmazonS3Builder, Error> {
