@@ -19,6 +19,33 @@ pub struct SchedulerArgs {
     /// executor is declared lost and its tasks are run again elsewhere.
     #[arg(long, default_value_t = 30)]
     executor_timeout: u64,
+    #[command(flatten)]
+    allow: AllowArg,
+}
+
+/// What a cluster process may open.
+#[derive(clap::Args)]
+pub struct AllowArg {
+    /// A prefix (URI or local path) this process may open: the inputs and
+    /// outputs of the jobs it serves (with their scratch folders). Repeatable,
+    /// or comma-separated in FRUITS_ALLOW_PREFIX. Every other object, local
+    /// file included, is refused. Unset: whatever this machine's storage
+    /// settings reach, and a warning says so.
+    #[arg(long = "allow-prefix", env = "FRUITS_ALLOW_PREFIX", value_delimiter = ',')]
+    prefixes: Vec<String>,
+}
+
+impl AllowArg {
+    /// Limits this process's stores; call before anything is opened.
+    fn apply(&self, role: &str) -> anyhow::Result<()> {
+        if self.prefixes.is_empty() {
+            tracing::warn!("this {role} opens any object or local file its storage settings reach, for any plan it is sent: set --allow-prefix");
+            return Ok(());
+        }
+        fruits_storage::restrict_to(&self.prefixes)?;
+        tracing::info!(prefixes = ?self.prefixes, "this {role} opens objects under these prefixes only");
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -37,9 +64,12 @@ pub struct ExecutorArgs {
     slots: Option<usize>,
     #[command(flatten)]
     model: ModelDirArg,
+    #[command(flatten)]
+    allow: AllowArg,
 }
 
 pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    args.allow.apply("scheduler")?;
     tracing::info!(listen = %args.listen, "starting the scheduler");
     let opts = EngineOptions::new(fruits_backbone::default_model_dir());
     run_scheduler(args.listen, args.executor_timeout, &opts).await?;
@@ -47,6 +77,7 @@ pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn executor(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
+    args.allow.apply("executor")?;
     let model_dir = args.model.resolve();
     // Fail at start, not at the first task, if this machine has no usable model.
     fruits_backbone::Backbone::shared(&model_dir)?;

@@ -251,3 +251,57 @@ fn run_on_the_cluster_fits_the_in_process_model() {
         assert!((r - l).abs() < 0.005, "{name}: {r} on the cluster, {l} in-process");
     }
 }
+
+#[test]
+#[ignore = "end-to-end: a real scheduler and executors with the installed model; scripts/test runs it"]
+fn executors_limited_to_their_prefixes_refuse_plans_that_read_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (allowed, elsewhere) = (tmp.path().join("lake"), tmp.path().join("elsewhere"));
+    let link = |root: &Path, class: &str, n: usize| {
+        let dir = root.join("in").join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for image in common::class_images(class).into_iter().take(n) {
+            std::os::unix::fs::symlink(&image, dir.join(image.file_name().unwrap())).unwrap();
+        }
+    };
+    link(&allowed, "Lemon 1", 10);
+    link(&allowed, "Kiwi 1", 10);
+    link(&elsewhere, "Banana 1", 5);
+    let limit = vec!["--allow-prefix".to_string(), allowed.display().to_string()];
+    let cluster = Cluster::start_with(1, 2, &limit);
+    let featurize = |input: &Path, out: &Path| {
+        let mut cmd = fruits();
+        cmd.arg("featurize")
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(out)
+            .args(["--rows-per-task", "8", "--cluster", &cluster.url()]);
+        cmd
+    };
+    // Inside its prefixes the cluster works as ever.
+    run_ok(&mut featurize(&allowed.join("in"), &allowed.join("out")));
+    assert_eq!(rows(&allowed.join("out")).len(), 20);
+
+    // Images outside: each is refused on the executor, an errors/ row.
+    run_ok(&mut featurize(&elsewhere.join("in"), &allowed.join("out2")));
+    let summary = success_json(&allowed.join("out2"));
+    assert_eq!(
+        (summary["featurized"].as_u64(), summary["failed"].as_u64()),
+        (Some(0), Some(5))
+    );
+    for batch in read_parquet_dir(&allowed.join("out2/errors")) {
+        for error in batch.column(1).as_string::<i32>().iter().flatten() {
+            assert!(error.contains("outside the prefixes"), "{error}");
+        }
+    }
+
+    // A plan whose files lie outside (here the job's own manifest, written
+    // by the client under an output the executors may not open) fails, in
+    // one clear line, and nothing is committed.
+    let out = featurize(&allowed.join("in"), &elsewhere.join("out")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("outside the prefixes"), "{stderr}");
+    assert!(!elsewhere.join("out/_SUCCESS").exists());
+}

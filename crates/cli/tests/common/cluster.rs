@@ -93,6 +93,8 @@ pub struct Cluster {
     pub port: u16,
     pub scheduler: Proc,
     pub executors: Vec<Executor>,
+    /// Extra arguments of every executor.
+    executor_args: Vec<String>,
 }
 
 /// A port whose successor is free too (an executor takes both).
@@ -116,6 +118,11 @@ pub fn wait_listening(port: u16) {
 impl Cluster {
     /// One scheduler and `executors` executors of `slots` task slots each.
     pub fn start(executors: usize, slots: usize) -> Self {
+        Self::start_with(executors, slots, &[])
+    }
+
+    /// [`Cluster::start`] with extra arguments for the scheduler and every executor.
+    pub fn start_with(executors: usize, slots: usize, extra: &[String]) -> Self {
         static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
         let port = free_port();
@@ -127,6 +134,7 @@ impl Cluster {
                 "--executor-timeout",
                 "10",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -134,6 +142,7 @@ impl Cluster {
             port,
             scheduler: Proc(scheduler),
             executors: Vec::new(),
+            executor_args: extra.to_vec(),
         };
         wait_listening(port);
         for _ in 0..executors {
@@ -153,6 +162,7 @@ impl Cluster {
                 "--slots",
                 &slots.to_string(),
             ])
+            .args(&self.executor_args)
             // Ballista's executor says when it has registered and finished a task.
             .env("FRUITS_LOG", "warn,ballista_executor::executor_server=info")
             .stdout(Stdio::null())

@@ -14,6 +14,8 @@ pub enum Fault {
     NoBucket,
     /// The credentials or the bucket policy refuse us.
     AccessDenied,
+    /// This process may not open the object: outside its `--allow-prefix`.
+    Outside,
     /// The endpoint does not answer; `refused` when nothing listens there.
     Unreachable { refused: bool },
     /// Anything else: a server error, a malformed answer, a local I/O error.
@@ -27,6 +29,9 @@ impl Fault {
         use object_store::Error as E;
         let code = s3_code(&chain_text(e));
         match (e, code.as_deref()) {
+            (E::PermissionDenied { source, .. }, _) if source.to_string().contains(crate::guard::REFUSAL) => {
+                Self::Outside
+            }
             (_, Some("NoSuchBucket")) => Self::NoBucket,
             (E::NotFound { .. }, _) => Self::NotFound,
             (E::PermissionDenied { .. } | E::Unauthenticated { .. }, _) => Self::AccessDenied,
@@ -47,7 +52,9 @@ impl Fault {
             return None;
         }
         let code = s3_code(text);
-        Some(if has("NoSuchBucket") {
+        Some(if has(crate::guard::REFUSAL) {
+            Self::Outside
+        } else if has("NoSuchBucket") {
             Self::NoBucket
         } else if code.as_deref().is_some_and(is_denial) || has("403 Forbidden") || has("AccessDenied") {
             Self::AccessDenied
@@ -64,7 +71,10 @@ impl Fault {
 
     /// Whether retrying cannot help.
     pub fn is_permanent(self) -> bool {
-        matches!(self, Self::NotFound | Self::NoBucket | Self::AccessDenied)
+        matches!(
+            self,
+            Self::NotFound | Self::NoBucket | Self::AccessDenied | Self::Outside
+        )
     }
 
     /// In plain words, for people; `None` for [`Fault::Other`], whose own
@@ -74,6 +84,7 @@ impl Fault {
             Self::NotFound => "not found".into(),
             Self::NoBucket => "the bucket does not exist".into(),
             Self::AccessDenied => "access denied: check the credentials and the bucket policy".into(),
+            Self::Outside => format!("{}: see the engine processes' --allow-prefix", crate::guard::REFUSAL),
             Self::Unreachable { refused } => format!(
                 "cannot reach the storage endpoint ({}; check AWS_ENDPOINT_URL / the endpoint setting)",
                 if refused { "connection refused" } else { "no answer" }

@@ -17,10 +17,13 @@
 //!   way (environment, config file, credential chain), with retries.
 //! - [`Fault`]: what went wrong, by kind, in plain words; [`redact`] scrubs
 //!   secrets from any text meant for people.
+//! - [`restrict_to`]: the prefixes this process may open (executors and
+//!   the scheduler run plans they are sent); every store refuses the rest.
 //!
 //! Must not depend on an engine, a model or an image decoder: it moves bytes.
 
 mod fault;
+mod guard;
 mod paged;
 mod store;
 
@@ -33,6 +36,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
 pub use fault::Fault;
+pub use guard::restrict_to;
 pub use store::{redact, retry_config, store_for};
 
 #[derive(Debug, thiserror::Error)]

@@ -31,12 +31,21 @@ const SECRET_KEYS: &[&str] = &["aws_secret_access_key", "aws_session_token", "aw
 
 /// The process's store for `url`'s scheme and authority, created on first use.
 pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>, Error> {
-    Ok(stores_for(url)?.store)
+    let store = stores_for(url)?.store;
+    Ok(crate::guard::guard(
+        &format!("{}://{}", url.scheme(), url.authority()),
+        store,
+    ))
 }
 
 /// The paginated listing of `url`'s store where it has one (S3): the one way
 /// to list past a key `object_store` cannot represent, see `list_images`.
+/// None in a process limited by `restrict_to`, whose listings go through the
+/// guarded store.
 pub fn paged_for(url: &Url) -> Result<Option<Arc<dyn PaginatedListStore>>, Error> {
+    if crate::guard::is_restricted() {
+        return Ok(None);
+    }
     Ok(stores_for(url)?.paged)
 }
 
