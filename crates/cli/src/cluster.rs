@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use fruits_engine::cluster::{run_executor, run_scheduler, ExecutorOptions};
+use fruits_engine::tls::{Tls, TlsFiles};
 use fruits_engine::EngineOptions;
 
 use crate::ModelDirArg;
@@ -21,6 +22,39 @@ pub struct SchedulerArgs {
     executor_timeout: u64,
     #[command(flatten)]
     allow: AllowArg,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// Mutual TLS between the cluster's processes. Clients (`--cluster`) take
+/// the same three settings from FRUITS_TLS_CA, FRUITS_TLS_CERT, FRUITS_TLS_KEY.
+#[derive(clap::Args)]
+pub struct TlsArgs {
+    /// The cluster's CA certificate (PEM): peers must present a certificate
+    /// it signed. With --tls-cert and --tls-key the cluster speaks mutual TLS.
+    #[arg(long, env = "FRUITS_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<std::path::PathBuf>,
+    /// This process's certificate (PEM), signed by the CA, for the DNS name `fruits-cluster`.
+    #[arg(long, env = "FRUITS_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "FRUITS_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    fn load(&self) -> anyhow::Result<Option<Tls>> {
+        let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) else {
+            tracing::warn!("no TLS: anyone who reaches this process's ports is trusted; keep them on a private network or set --tls-ca, --tls-cert and --tls-key");
+            return Ok(None);
+        };
+        let files = TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        Ok(Some(Tls::load(&files)?))
+    }
 }
 
 /// What a cluster process may open.
@@ -66,18 +100,22 @@ pub struct ExecutorArgs {
     model: ModelDirArg,
     #[command(flatten)]
     allow: AllowArg,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     args.allow.apply("scheduler")?;
-    tracing::info!(listen = %args.listen, "starting the scheduler");
+    let tls = args.tls.load()?;
+    tracing::info!(listen = %args.listen, tls = tls.is_some(), "starting the scheduler");
     let opts = EngineOptions::new(fruits_backbone::default_model_dir());
-    run_scheduler(args.listen, args.executor_timeout, &opts).await?;
+    run_scheduler(args.listen, args.executor_timeout, &opts, tls.as_ref()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn executor(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
     args.allow.apply("executor")?;
+    let tls = args.tls.load()?;
     let model_dir = args.model.resolve();
     // Fail at start, not at the first task, if this machine has no usable model.
     fruits_backbone::Backbone::shared(&model_dir)?;
@@ -97,6 +135,7 @@ pub async fn executor(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
             model_dir,
             parallelism: slots,
         },
+        tls,
     };
     tracing::info!(scheduler = %scheduler, listen = %args.listen, slots, "starting an executor");
     run_executor(&opts).await?;

@@ -305,3 +305,116 @@ fn executors_limited_to_their_prefixes_refuse_plans_that_read_elsewhere() {
     assert!(stderr.contains("outside the prefixes"), "{stderr}");
     assert!(!elsewhere.join("out/_SUCCESS").exists());
 }
+
+/// A CA and, signed by it, certificates for the cluster's DNS name
+/// (`fruits-cluster`) in `dir`: `ca.pem`, `node.{pem,key}` (scheduler and
+/// executors), `client.{pem,key}`; and `rogue.{pem,key}`, signed by another CA.
+fn certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert, Issuer::new(params, key))
+    };
+    let (ca_cert, issuer) = ca("fruits test CA");
+    let (_, other) = ca("another CA");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    for (name, by) in [("node", &issuer), ("client", &issuer), ("rogue", &other)] {
+        let mut params = CertificateParams::new(vec!["fruits-cluster".to_string()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, by).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: a real scheduler and executors with the installed model; scripts/test runs it"]
+fn a_tls_cluster_featurizes_for_a_client_with_a_certificate_and_refuses_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    certificates(&certs);
+    let input = tmp.path().join("in");
+    for class in ["Lemon 1", "Kiwi 1"] {
+        let dir = input.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for image in common::class_images(class).into_iter().take(10) {
+            std::os::unix::fs::symlink(&image, dir.join(image.file_name().unwrap())).unwrap();
+        }
+    }
+    let file = |name: &str| certs.join(name).display().to_string();
+    let node = [
+        "--tls-ca",
+        &file("ca.pem"),
+        "--tls-cert",
+        &file("node.pem"),
+        "--tls-key",
+        &file("node.key"),
+    ]
+    .map(String::from);
+    // On 127.0.0.2: Ballista's own servers take 127.0.0.1, same ports.
+    let cluster = Cluster::start_on(2, 1, &node, "127.0.0.2");
+    let featurize = |out: &Path, identity: Option<&str>| {
+        let mut cmd = fruits();
+        cmd.arg("featurize")
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(out)
+            .args(["--rows-per-task", "4", "--sorted", "--cluster", &cluster.url()]);
+        if let Some(name) = identity {
+            cmd.env("FRUITS_TLS_CA", file("ca.pem"))
+                .env("FRUITS_TLS_CERT", file(&format!("{name}.pem")))
+                .env("FRUITS_TLS_KEY", file(&format!("{name}.key")));
+        }
+        cmd
+    };
+    // With the cluster's certificate: the whole job, tasks on both executors
+    // and a sorted merge that fetches between them, all over TLS.
+    let out = tmp.path().join("out");
+    run_ok(&mut featurize(&out, Some("client")));
+    assert_eq!(rows(&out).len(), 20);
+    for e in &cluster.executors {
+        assert!(e.events().tasks_finished > 0, "both executors work: {:?}", e.events());
+    }
+
+    // Without a certificate, or with one of another CA: refused at the
+    // handshake, in seconds, and nothing is committed.
+    for identity in [None, Some("rogue")] {
+        let out = tmp.path().join(format!("refused-{}", identity.unwrap_or("none")));
+        let started = Instant::now();
+        let refused = featurize(&out, identity).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{identity:?} was served: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+        assert!(!out.join("_SUCCESS").exists());
+    }
+
+    // An executor without a certificate cannot join: it gives up and exits.
+    let port = common::s3::free_port();
+    let mut rogue = fruits()
+        .args(["executor", "--scheduler", &format!("127.0.0.2:{}", cluster.port)])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = rogue.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the rogue executor is still running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+}

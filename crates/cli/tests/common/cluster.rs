@@ -95,6 +95,8 @@ pub struct Cluster {
     pub executors: Vec<Executor>,
     /// Extra arguments of every executor.
     executor_args: Vec<String>,
+    /// The address the scheduler and the executors listen on.
+    host: &'static str,
 }
 
 /// A port whose successor is free too (an executor takes both).
@@ -123,6 +125,12 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra arguments for the scheduler and every executor.
     pub fn start_with(executors: usize, slots: usize, extra: &[String]) -> Self {
+        Self::start_on(executors, slots, extra, "127.0.0.1")
+    }
+
+    /// [`Cluster::start_with`], every process listening on `host` (behind
+    /// TLS fronts, Ballista's own servers take 127.0.0.1, same ports).
+    pub fn start_on(executors: usize, slots: usize, extra: &[String], host: &'static str) -> Self {
         static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
         let port = free_port();
@@ -130,7 +138,7 @@ impl Cluster {
             .args([
                 "scheduler",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &format!("{host}:{port}"),
                 "--executor-timeout",
                 "10",
             ])
@@ -143,6 +151,7 @@ impl Cluster {
             scheduler: Proc(scheduler),
             executors: Vec::new(),
             executor_args: extra.to_vec(),
+            host,
         };
         wait_listening(port);
         for _ in 0..executors {
@@ -155,10 +164,10 @@ impl Cluster {
     pub fn add_executor(&mut self, slots: usize) -> &Executor {
         let listen = free_pair();
         let mut child = fruits()
-            .args(["executor", "--scheduler", &format!("127.0.0.1:{}", self.port)])
+            .args(["executor", "--scheduler", &format!("{}:{}", self.host, self.port)])
             .args([
                 "--listen",
-                &format!("127.0.0.1:{listen}"),
+                &format!("{}:{listen}", self.host),
                 "--slots",
                 &slots.to_string(),
             ])
@@ -180,6 +189,6 @@ impl Cluster {
     }
 
     pub fn url(&self) -> String {
-        format!("df://127.0.0.1:{}", self.port)
+        format!("df://{}:{}", self.host, self.port)
     }
 }

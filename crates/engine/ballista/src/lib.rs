@@ -11,6 +11,7 @@
 //! functions are `fruits-functions`', the jobs `fruits-pipeline`'s.
 
 pub mod cluster;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub enum Error {
     Start(String),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("cluster TLS: {0}")]
+    Tls(String),
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
 }
