@@ -257,16 +257,9 @@ fn run_on_the_cluster_fits_the_in_process_model() {
 fn executors_limited_to_their_prefixes_refuse_plans_that_read_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
     let (allowed, elsewhere) = (tmp.path().join("lake"), tmp.path().join("elsewhere"));
-    let link = |root: &Path, class: &str, n: usize| {
-        let dir = root.join("in").join(class);
-        std::fs::create_dir_all(&dir).unwrap();
-        for image in common::class_images(class).into_iter().take(n) {
-            std::os::unix::fs::symlink(&image, dir.join(image.file_name().unwrap())).unwrap();
-        }
-    };
-    link(&allowed, "Lemon 1", 10);
-    link(&allowed, "Kiwi 1", 10);
-    link(&elsewhere, "Banana 1", 5);
+    common::link_class_images("Lemon 1", 10, &allowed.join("in"));
+    common::link_class_images("Kiwi 1", 10, &allowed.join("in"));
+    common::link_class_images("Banana 1", 5, &elsewhere.join("in"));
     let limit = vec!["--allow-prefix".to_string(), allowed.display().to_string()];
     let cluster = Cluster::start_with(1, 2, &limit);
     let featurize = |input: &Path, out: &Path| {
@@ -341,11 +334,7 @@ fn a_tls_cluster_featurizes_for_a_client_with_a_certificate_and_refuses_the_othe
     certificates(&certs);
     let input = tmp.path().join("in");
     for class in ["Lemon 1", "Kiwi 1"] {
-        let dir = input.join(class);
-        std::fs::create_dir_all(&dir).unwrap();
-        for image in common::class_images(class).into_iter().take(10) {
-            std::os::unix::fs::symlink(&image, dir.join(image.file_name().unwrap())).unwrap();
-        }
+        common::link_class_images(class, 10, &input);
     }
     let file = |name: &str| certs.join(name).display().to_string();
     let node = [

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{class_images, fruits, read_parquet_dir, run_ok, success_json, training};
+use common::{class_images, fruits, link_class_images, read_parquet_dir, run_ok, success_json, training};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float32Type;
 
@@ -99,17 +99,6 @@ fn wait_with_peak_rss(mut child: std::process::Child) -> (std::process::ExitStat
         peak = peak.max(fruits_bench::process::peak_rss_mib(child.id()));
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-/// Links the first `n` images of a shared class into `dest/<class>`; returns them.
-fn link_class_images(class: &str, n: usize, dest: &Path) -> Vec<PathBuf> {
-    let dir = dest.join(class);
-    std::fs::create_dir_all(&dir).unwrap();
-    let images: Vec<PathBuf> = class_images(class).into_iter().take(n).collect();
-    for image in &images {
-        std::os::unix::fs::symlink(image, dir.join(image.file_name().unwrap())).unwrap();
-    }
-    images
 }
 
 #[test]

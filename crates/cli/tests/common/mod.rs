@@ -100,6 +100,17 @@ pub fn class_images(class: &str) -> Vec<PathBuf> {
     files
 }
 
+/// Links the first `n` images of a shared class into `dest/<class>`; returns them.
+pub fn link_class_images(class: &str, n: usize, dest: &Path) -> Vec<PathBuf> {
+    let dir = dest.join(class);
+    std::fs::create_dir_all(&dir).unwrap();
+    let images: Vec<PathBuf> = class_images(class).into_iter().take(n).collect();
+    for image in &images {
+        std::os::unix::fs::symlink(image, dir.join(image.file_name().unwrap())).unwrap();
+    }
+    images
+}
+
 /// Every Parquet file under `dir`, read into batches.
 pub fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
