@@ -45,6 +45,12 @@ install_non_fruit_photos() {
   "$(dirname "${BASH_SOURCE[0]}")/non-fruit-photos" "$FRUITS_NON_FRUIT_DIR"
 }
 
+# Photographs the kind head's training scenes are composed on (scripts/backgrounds).
+export FRUITS_BACKGROUNDS="${FRUITS_BACKGROUNDS:-$HOME/.cache/fruits/backgrounds}"
+install_backgrounds() {
+  "$(dirname "${BASH_SOURCE[0]}")/backgrounds" "$FRUITS_BACKGROUNDS"
+}
+
 # Installs what the web page test needs: Debian's Chromium, Node.js, and
 # playwright-core (pinned in crates/cli/tests/browser/package-lock.json).
 ensure_browser() {

@@ -82,6 +82,8 @@ async fn one(opts: &ClusterBenchOptions, executors: usize) -> Result<ClusterRow,
         cluster: Some(format!("df://127.0.0.1:{port}")),
         sorted: false,
         views: None,
+        backgrounds: None,
+        only: None,
         max_object_bytes: fruits_pipeline::featurize::MAX_OBJECT_BYTES,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);

@@ -171,6 +171,8 @@ async fn end_to_end(opts: &BenchOptions, size: u32, n: usize) -> Result<f64, Err
         cluster: None,
         sorted: false,
         views: None,
+        backgrounds: None,
+        only: None,
         max_object_bytes: fruits_pipeline::featurize::MAX_OBJECT_BYTES,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);

@@ -65,6 +65,8 @@ impl JobArgs {
             cluster: self.cluster,
             sorted: self.sorted,
             views: None,
+            backgrounds: None,
+            only: None,
             max_object_bytes: self.max_object_bytes,
         }
     }

@@ -91,6 +91,16 @@ pub struct RunArgs {
     #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().views_per_photo,
           value_parser = clap::value_parser!(u32).range(0..=64))]
     photo_views: u32,
+    /// Seeded training scenes per studio shot of the kind head's sample (the
+    /// fruit cut out and placed on a --backgrounds photograph), 0 to 16; 0
+    /// turns them off. Only with --photos.
+    #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().scenes_per_shot,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    studio_scenes: u32,
+    /// Photographs without fruit that training scenes are composed on
+    /// (scripts/backgrounds installs 11 into ~/.cache/fruits/backgrounds).
+    #[arg(long, env = "FRUITS_BACKGROUNDS")]
+    backgrounds: Option<String>,
     /// Where features/, errors/, model/, report/ and _SUCCESS go.
     #[arg(long)]
     output: String,
@@ -111,12 +121,14 @@ pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         train: args.train,
         test: args.test,
         photos: args.photos,
+        backgrounds: args.backgrounds,
         output: args.output,
         featurize,
         learn: fruits_pipeline::learn::LearnOptions {
             components: args.components,
             kinds: fruits_pipeline::kinds::KindOptions {
                 views_per_photo: args.photo_views,
+                scenes_per_shot: args.studio_scenes,
                 ..Default::default()
             },
             ..Default::default()
@@ -285,6 +297,14 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().views_per_photo,
           value_parser = clap::value_parser!(u32).range(0..=64))]
     photo_views: u32,
+    /// Training scenes per studio shot, 0 to 16 (see `fruits run`); the
+    /// shots are read from the images the features were made from.
+    #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().scenes_per_shot,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    studio_scenes: u32,
+    /// Photographs training scenes are composed on (see `fruits run`).
+    #[arg(long, env = "FRUITS_BACKGROUNDS")]
+    backgrounds: Option<String>,
     #[command(flatten)]
     model: crate::ModelDirArg,
 }
@@ -296,6 +316,7 @@ pub async fn train_cmd(args: TrainArgs) -> anyhow::Result<ExitCode> {
         components: args.components,
         kinds: fruits_pipeline::kinds::KindOptions {
             views_per_photo: args.photo_views,
+            scenes_per_shot: args.studio_scenes,
             ..Default::default()
         },
         ..Default::default()
@@ -305,6 +326,7 @@ pub async fn train_cmd(args: TrainArgs) -> anyhow::Result<ExitCode> {
         model_dir: opts.model_dir.clone(),
         parallelism: opts.parallelism,
         cluster: args.cluster.clone(),
+        backgrounds: args.backgrounds,
     });
     let s = fruits_pipeline::learn::train_bundle(&ctx, &args.features, &args.output, photos.as_ref(), &learn).await?;
     println!(

@@ -350,6 +350,54 @@ fn photo_folders_that_are_not_catalogue_kinds_are_refused_before_any_work() {
     assert!(!out.exists(), "nothing was written");
 }
 
+#[test]
+#[ignore = "end-to-end: fruits run with the installed model and backgrounds; scripts/test runs it"]
+fn studio_scenes_are_composed_on_the_engine_and_learned_by_the_kind_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = small_split(dir.path(), &["Apple Braeburn 1", "Banana 1"], (20, 4));
+    let photos = dir.path().join("photos");
+    common::link_real_photos("train", &["apple", "banana"], 6, &photos);
+    let run_into = |out: &Path| {
+        let mut cmd = common::fruits_run(&train, &test, out);
+        cmd.args([
+            "--components",
+            "16",
+            "--photo-views",
+            "0",
+            "--studio-scenes",
+            "2",
+            "--photos",
+        ])
+        .arg(&photos);
+        cmd
+    };
+    let out = dir.path().join("out");
+    run_ok(run_into(&out).arg("--backgrounds").arg(common::backgrounds()));
+    let kinds = &json_file(&out.join("report/metrics.json"))["kinds"];
+    // 10 studio shots per class, 2 scenes of each, none of them scored.
+    assert_eq!(kinds["studio_rows"], 20, "{kinds}");
+    assert_eq!(kinds["scene_rows"], 40, "{kinds}");
+    assert_eq!(kinds["photos"], 12, "{kinds}");
+    assert!(!out.join("_work").exists(), "the scenes' scratch is removed");
+
+    // Scenes without backgrounds, or on an empty folder: refused before any work.
+    let refused = dir.path().join("refused");
+    let result = run_into(&refused).env_remove("FRUITS_BACKGROUNDS").output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(
+        stderr.contains("no --backgrounds given") && stderr.contains("scripts/backgrounds"),
+        "{stderr}"
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let result = run_into(&refused).arg("--backgrounds").arg(&empty).output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(stderr.contains("no background photographs in"), "{stderr}");
+    assert!(!refused.exists(), "nothing was written");
+}
+
 /// `per_class.0` training and `per_class.1` test images of each class, linked
 /// into `dir/train/<class>` and `dir/test/<class>`.
 fn small_split(dir: &Path, classes: &[&str], per_class: (usize, usize)) -> (PathBuf, PathBuf) {

@@ -53,6 +53,13 @@ pub struct FeaturizeJob {
     /// the image itself (see `fruits_preprocess::view`); the rows get a
     /// `view` column (1..=n) and keep the image's path.
     pub views: Option<TrainingViews>,
+    /// With `views`: compose that many seeded training scenes of each image
+    /// (a studio shot's fruit cut out and placed on one of the photographs
+    /// under this URI, see `fruits_preprocess::scene`) instead of cutting views.
+    pub backgrounds: Option<String>,
+    /// Featurize only the listed images whose URI is in this set (the kind
+    /// head's few studio shots per class, say); `None` takes every image.
+    pub only: Option<Arc<BTreeSet<String>>>,
     /// Objects larger than this are not read: each becomes an `errors/` row
     /// at listing time (a 3 GB `x.jpg` must not take an executor's memory).
     pub max_object_bytes: u64,
@@ -302,6 +309,11 @@ async fn write_manifest(
     let mut chunk = Vec::with_capacity(per_task);
     while let Some(item) = listing.next().await {
         match item {
+            Ok(entry)
+                if job
+                    .only
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&entry.uri.to_string())) => {}
             Ok(entry) if entry.size > job.max_object_bytes => {
                 refused.push((entry.uri.to_string(), too_large(entry.size, job.max_object_bytes)));
             }
@@ -472,6 +484,9 @@ async fn featurize_and_write(
     let mut columns = vec![col("path"), col("label")];
     if let Some(views) = job.views {
         args.extend([col("view"), lit(views.seed as i64)]);
+        if let Some(backgrounds) = &job.backgrounds {
+            args.push(lit(backgrounds.clone()));
+        }
     }
     columns.push(udf.call(args).alias("r"));
     if job.views.is_some() {

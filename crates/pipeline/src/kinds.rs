@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::featurize::{run_on, view_order, FeaturizeJob, TrainingViews};
 use crate::learn::Rows;
 use crate::{Error, Progress};
+use futures::StreamExt;
 
 /// How the kind head learns.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -38,6 +39,10 @@ pub struct KindOptions {
     /// the photo itself; 0 learns from the photos alone.
     pub views_per_photo: u32,
     pub view_seed: u64,
+    /// Seeded training scenes learned from per studio shot of the sample
+    /// (the fruit cut out and placed on a background photograph, see
+    /// `fruits_preprocess::scene`); 0 learns from no scenes. Needs backgrounds.
+    pub scenes_per_shot: u32,
 }
 
 impl Default for KindOptions {
@@ -57,6 +62,7 @@ impl Default for KindOptions {
             // 4 views: val top-1 79 % → 86–88 % in a harness over raw features (README).
             views_per_photo: 4,
             view_seed: 0x00F2_0175,
+            scenes_per_shot: 0,
         }
     }
 }
@@ -78,6 +84,8 @@ pub struct KindMetrics {
     /// Training views of the photos learned from (never scored).
     pub views: usize,
     pub studio_rows: usize,
+    /// Composed scenes of studio shots learned from (never scored).
+    pub scene_rows: usize,
     pub kinds: Vec<String>,
     pub folds: usize,
     pub top1: f64,
@@ -116,6 +124,54 @@ pub async fn check_photo_folders(uris: &[String]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Checks, before any work, that `uri` holds at least one photograph to
+/// compose training scenes on.
+pub async fn check_backgrounds(uri: &str) -> Result<(), Error> {
+    let location = Location::parse(uri)?;
+    let first = fruits_storage::list_images(&location).next().await;
+    match first {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(Error::NoBackgrounds(location.uri())),
+    }
+}
+
+/// Featurizes `opts.scenes_per_shot` training scenes of each studio shot of
+/// `studio` (rows of `train`, the training split's URI) on the photographs
+/// under `backgrounds`, into `scratch/scenes`; returns their rows of raw
+/// features, labelled by class and sorted by (path, scene).
+pub async fn featurize_scenes(
+    ctx: &datafusion::prelude::SessionContext,
+    (train, studio): (&str, &Rows),
+    backgrounds: &str,
+    scratch: &str,
+    template: &FeaturizeJob,
+    opts: &KindOptions,
+    progress: &std::sync::Arc<dyn Progress>,
+) -> Result<Rows, Error> {
+    let job = FeaturizeJob {
+        input: train.to_string(),
+        output: format!("{scratch}/scenes"),
+        views: Some(TrainingViews {
+            per_image: opts.scenes_per_shot,
+            seed: opts.view_seed,
+        }),
+        backgrounds: Some(backgrounds.to_string()),
+        only: Some(std::sync::Arc::new(studio.paths.iter().cloned().collect())),
+        ..template.clone()
+    };
+    let summary = run_on(ctx, &job, progress).await?;
+    let df = ctx
+        .read_parquet(summary.files.features, ParquetReadOptions::default())
+        .await?
+        .sort(view_order())?;
+    let mut rows = Rows::default();
+    for batch in df.collect().await? {
+        rows.extend(&batch, "features")?;
+    }
+    Ok(rows)
 }
 
 /// Featurizes real-photo folders, and `opts.views_per_photo` training views
@@ -166,24 +222,26 @@ pub async fn featurize_photos(
 pub async fn train_kind_head_off_runtime(
     photos: Rows,
     views: Rows,
-    studio: Rows,
+    (studio, scenes): (Rows, Rows),
     classes: &[String],
     opts: KindOptions,
 ) -> Result<(KindHead, KindMetrics), Error> {
     let classes = classes.to_vec();
-    tokio::task::spawn_blocking(move || train_kind_head(&photos, &views, &studio, &classes, &opts))
+    tokio::task::spawn_blocking(move || train_kind_head(&photos, &views, (&studio, &scenes), &classes, &opts))
         .await
         .map_err(|e| Error::Training(e.to_string()))?
 }
 
 /// Trains the kind head on photo rows of backbone features (labelled by
-/// kind), their training views (rows whose path is a photo's), and studio rows
-/// (labelled by class, `classes` being the bundle's classes): all of
-/// `studio`, so pass [`studio_sample`] of the training split.
+/// kind), their training views (rows whose path is a photo's), studio rows
+/// (labelled by class, `classes` being the bundle's classes: all of
+/// `studio`, so pass [`studio_sample`] of the training split) and scenes
+/// composed from studio shots (labelled by class; the gate counts them as
+/// photos: they are what a phone sees).
 pub fn train_kind_head(
     photos: &Rows,
     views: &Rows,
-    studio: &Rows,
+    (studio, scenes): (&Rows, &Rows),
     classes: &[String],
     opts: &KindOptions,
 ) -> Result<(KindHead, KindMetrics), Error> {
@@ -211,13 +269,19 @@ pub fn train_kind_head(
             .iter()
             .map(|k| index(k).expect("a photo's kind is listed") as u32),
     );
-    for (i, label) in studio.labels.iter().enumerate() {
-        let Some(k) = catalog.get(label).and_then(|f| index(&f.kind)) else {
-            continue;
-        };
-        x.extend_from_slice(&studio.x[i * studio.dim..(i + 1) * studio.dim]);
-        y.push(k as u32);
-    }
+    let by_class = |rows: &Rows, x: &mut Vec<f32>, y: &mut Vec<u32>| {
+        for (i, label) in rows.labels.iter().enumerate() {
+            let Some(k) = catalog.get(label).and_then(|f| index(&f.kind)) else {
+                continue;
+            };
+            x.extend_from_slice(&rows.x[i * rows.dim..(i + 1) * rows.dim]);
+            y.push(k as u32);
+        }
+    };
+    by_class(studio, &mut x, &mut y);
+    let studio_end = y.len();
+    by_class(scenes, &mut x, &mut y);
+    let photo_like = studio_end..y.len();
     let companions = append_views(photos, views, &index, &mut x, &mut y);
     let x = sqrt_features(&x);
     let data = Samples::new(photos.dim, &x, &y, kinds.len())?;
@@ -234,11 +298,12 @@ pub fn train_kind_head(
     let confidence = calibrate_precision(&answers, opts.precision);
     let (confident, right_when_confident) = confident_and_right(&answers, confidence.min_probability);
     let classifier = fit(&data)?;
-    let domain = fit_domain(&data, photos.len(), &companions, opts)?;
+    let domain = fit_domain(&data, photos.len(), (&companions, photo_like.clone()), opts)?;
     let metrics = KindMetrics {
         photos: photos.len(),
         views: companions.len(),
-        studio_rows: y.len() - photos.len() - companions.len(),
+        studio_rows: studio_end - photos.len(),
+        scene_rows: photo_like.len(),
         folds: opts.folds,
         top1: evaluation.accuracy,
         top3: top_k_accuracy(truth, &oof, kinds.len(), 3),
@@ -299,16 +364,17 @@ fn append_views(
     companions
 }
 
-/// The gate: the first `photos` rows of `data` and their views are real
-/// photos (0), the rest studio shots (1).
+/// The gate: the first `photos` rows of `data`, their views and the
+/// `scenes` rows are photos (0), the rest studio shots (1).
 fn fit_domain(
     data: &Samples,
     photos: usize,
-    views: &[(usize, usize)],
+    (views, scenes): (&[(usize, usize)], std::ops::Range<usize>),
     opts: &KindOptions,
 ) -> Result<Classifier, Error> {
     let mut y: Vec<u32> = (0..data.len()).map(|i| u32::from(i >= photos)).collect();
     views.iter().for_each(|&(row, _)| y[row] = 0);
+    scenes.for_each(|row| y[row] = 0);
     let samples = Samples::new(data.dim, data.x, &y, 2)?;
     Ok(Classifier::LogisticRegression(LogisticRegression::fit(
         &samples,

@@ -320,12 +320,12 @@ pub struct TrainSummary {
 
 /// The backbone manifest and input size a featurize output was made with,
 /// from its `_SUCCESS` (the featurize job's own [`Summary`](crate::Summary)).
-async fn featurized_with(features: &Location) -> Result<(fruits_backbone::Manifest, u32), Error> {
+async fn featurized_with(features: &Location) -> Result<(fruits_backbone::Manifest, u32, String), Error> {
     let summary: crate::Summary = fruits_output::read_committed(features).await.map_err(|e| match e {
         fruits_output::Error::Summary { uri, cause } => Error::NotFeatures(format!("{uri}: {cause}")),
         other => other.into(),
     })?;
-    Ok((summary.model, summary.input_size))
+    Ok((summary.model, summary.input_size, summary.input))
 }
 
 /// Real photos for `fruits train`: their folders, and how to featurize them
@@ -336,6 +336,19 @@ pub struct TrainPhotos {
     pub model_dir: std::path::PathBuf,
     pub parallelism: usize,
     pub cluster: Option<String>,
+    /// Photographs the training scenes are composed on (see `RunJob`).
+    pub backgrounds: Option<String>,
+}
+
+impl TrainPhotos {
+    /// The backgrounds, when `opts` asks for scenes; an error when it has none.
+    fn scene_backgrounds(&self, opts: &crate::kinds::KindOptions) -> Result<Option<&str>, Error> {
+        match (opts.scenes_per_shot, &self.backgrounds) {
+            (0, _) => Ok(None),
+            (_, Some(b)) => Ok(Some(b)),
+            (_, None) => Err(Error::NoBackgrounds("(no --backgrounds given)".into())),
+        }
+    }
 }
 
 /// `fruits train`: PCA on the engine, classifiers here, the bundle written to
@@ -349,9 +362,12 @@ pub async fn train_bundle(
     opts: &LearnOptions,
 ) -> Result<TrainSummary, Error> {
     let features = Location::parse(features)?;
-    let (backbone, input_size) = featurized_with(&features).await?;
+    let (backbone, input_size, input) = featurized_with(&features).await?;
     if let Some(p) = photos {
         crate::kinds::check_photo_folders(&p.folders).await?;
+        if let Some(backgrounds) = p.scene_backgrounds(&opts.kinds)? {
+            crate::kinds::check_backgrounds(backgrounds).await?;
+        }
         let installed = fruits_backbone::Backbone::shared(&p.model_dir)?
             .manifest()
             .onnx
@@ -369,6 +385,7 @@ pub async fn train_bundle(
         location: features,
         backbone,
         input_size,
+        input,
     };
     let result = train_holding(&cx, &featurized, photos, opts).await;
     cx.end().await;
@@ -380,6 +397,8 @@ struct Featurized {
     location: Location,
     backbone: fruits_backbone::Manifest,
     input_size: u32,
+    /// The images it was made from (where training scenes find their shots).
+    input: String,
 }
 
 /// `fruits train` once it holds the output: the last bundle stays whole
@@ -413,7 +432,7 @@ async fn train_holding(
     let kind_head = match photos.zip(studio) {
         Some((p, studio)) => {
             let t = Instant::now();
-            let head = learn_kinds(cx, p, input_size, studio, &learned.classes, opts).await?;
+            let head = learn_kinds(cx, p, (&featurized.input, input_size), studio, &learned.classes, opts).await?;
             seconds.push(("kind head".to_string(), t.elapsed().as_secs_f64()));
             Some(head)
         }
@@ -442,13 +461,14 @@ async fn train_holding(
     Ok(summary)
 }
 
-/// Featurizes the real photos and their views into `OUTPUT/_work/JOB/` and
+/// Featurizes the real photos and their views (and, when asked, scenes of
+/// the `studio` shots, found under `train`) into `OUTPUT/_work/JOB/` and
 /// trains the kind head on them and on `studio` (feature rows of studio
 /// shots, `classes` the bundle's classes), removing the scratch.
 async fn learn_kinds(
     cx: &JobContext<'_>,
     photos: &TrainPhotos,
-    input_size: u32,
+    (train, input_size): (&str, u32),
     studio: Rows,
     classes: &[String],
     opts: &LearnOptions,
@@ -465,22 +485,36 @@ async fn learn_kinds(
         cluster: photos.cluster.clone(),
         sorted: false,
         views: None,
+        backgrounds: None,
+        only: None,
         max_object_bytes: crate::featurize::MAX_OBJECT_BYTES,
     };
     let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
-    let featurized = crate::kinds::featurize_photos(
-        ctx,
-        &photos.folders,
-        &scratch.to_string(),
-        &template,
-        &opts.kinds,
-        &quiet,
-    )
+    let featurized = async {
+        let photo_rows = crate::kinds::featurize_photos(
+            ctx,
+            &photos.folders,
+            &scratch.to_string(),
+            &template,
+            &opts.kinds,
+            &quiet,
+        )
+        .await?;
+        let scenes = match photos.scene_backgrounds(&opts.kinds)? {
+            Some(bg) => {
+                let shots = (train, &studio);
+                crate::kinds::featurize_scenes(ctx, shots, bg, &scratch.to_string(), &template, &opts.kinds, &quiet)
+                    .await?
+            }
+            None => Rows::default(),
+        };
+        Ok::<_, Error>((photo_rows, scenes))
+    }
     .await;
     fruits_output::remove_prefix(&cx.out, &scratch).await;
-    let (photo_rows, view_rows) = featurized?;
+    let ((photo_rows, view_rows), scenes) = featurized?;
     let (head, metrics) =
-        crate::kinds::train_kind_head_off_runtime(photo_rows, view_rows, studio, classes, opts.kinds).await?;
+        crate::kinds::train_kind_head_off_runtime(photo_rows, view_rows, (studio, scenes), classes, opts.kinds).await?;
     tracing::info!(
         photos = metrics.photos,
         views = metrics.views,
@@ -511,7 +545,7 @@ pub async fn evaluate_bundle(
     let ctx = fruits_engine::session(&opts, None).await?;
     let scratch;
     let features = match featurized_with(&location).await {
-        Ok((backbone, size)) => {
+        Ok((backbone, size, _)) => {
             if backbone.onnx.sha256 != bundle.manifest.backbone.onnx.sha256 || size != bundle.manifest.input_size {
                 return Err(Error::NotFeatures(format!(
                     "{input} was featurized with another backbone or input size than the model's"
@@ -532,6 +566,8 @@ pub async fn evaluate_bundle(
                 cluster: None,
                 sorted: false,
                 views: None,
+                backgrounds: None,
+                only: None,
                 max_object_bytes: crate::featurize::MAX_OBJECT_BYTES,
             };
             let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);

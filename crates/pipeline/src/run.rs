@@ -30,7 +30,10 @@ use serde::Serialize;
 
 use crate::featurize::{run_on, view_order, FeaturizeJob, Summary};
 use crate::job::JobContext;
-use crate::kinds::{check_photo_folders, score_on_studio, studio_sample, train_kind_head_off_runtime, KindMetrics};
+use crate::kinds::{
+    check_backgrounds, check_photo_folders, featurize_scenes, score_on_studio, studio_sample,
+    train_kind_head_off_runtime, KindMetrics,
+};
 use crate::learn::{fit_pca, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows, Scored};
 use crate::{Error, Progress};
 
@@ -42,6 +45,9 @@ pub struct RunJob {
     /// Folders of real photos in `<kind>/<photo>` folders (catalogue kind
     /// ids): with any, the bundle learns to answer the kind.
     pub photos: Vec<String>,
+    /// Photographs the kind head's training scenes are composed on (with
+    /// photos and `learn.kinds.scenes_per_shot` > 0).
+    pub backgrounds: Option<String>,
     pub output: String,
     /// Featurize settings; its `input` and `output` are set per split.
     pub featurize: FeaturizeJob,
@@ -126,12 +132,27 @@ impl Stages {
 
 pub async fn run(job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummary, Error> {
     check_photo_folders(&job.photos).await?;
+    if let Some(backgrounds) = scene_backgrounds(job)? {
+        check_backgrounds(backgrounds).await?;
+    }
     let opts = fruits_engine::EngineOptions {
         model_dir: job.featurize.model_dir.clone(),
         parallelism: job.featurize.parallelism,
     };
     let ctx = fruits_engine::session(&opts, job.featurize.cluster.as_deref()).await?;
     run_with(&ctx, job, progress).await
+}
+
+/// The backgrounds of the kind head's training scenes, when the job makes
+/// scenes; an error when it should and has none.
+fn scene_backgrounds(job: &RunJob) -> Result<Option<&str>, Error> {
+    if job.photos.is_empty() || job.learn.kinds.scenes_per_shot == 0 {
+        return Ok(None);
+    }
+    match &job.backgrounds {
+        Some(b) => Ok(Some(b)),
+        None => Err(Error::NoBackgrounds("(no --backgrounds given)".into())),
+    }
 }
 
 async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummary, Error> {
@@ -180,12 +201,22 @@ async fn run_holding(
     stages.start("train", progress);
     let learned = train_off_runtime(projected.train, job.learn).await?;
 
+    let scenes = match scene_backgrounds(job)? {
+        Some(backgrounds) => {
+            stages.start("featurize scenes", progress);
+            let scratch = cx.scratch("_work").to_string();
+            let studio = (job.train.as_str(), &projected.studio_features);
+            let opts = &job.learn.kinds;
+            featurize_scenes(cx.ctx, studio, backgrounds, &scratch, &job.featurize, opts, progress).await?
+        }
+        None => Rows::default(),
+    };
     let mut kind_head = match projected.photos.is_empty() {
         true => None,
         false => {
             stages.start("train kinds", progress);
             let (photos, studio, opts) = (projected.photos, projected.studio_features, job.learn.kinds);
-            Some(train_kind_head_off_runtime(photos, views, studio, &learned.classes, opts).await?)
+            Some(train_kind_head_off_runtime(photos, views, (studio, scenes), &learned.classes, opts).await?)
         }
     };
 

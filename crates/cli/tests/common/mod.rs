@@ -61,6 +61,20 @@ pub fn real_photos(split: &str) -> PathBuf {
 
 /// The photos without fruit that scripts/non-fruit-photos installs
 /// (`FRUITS_NON_FRUIT_DIR`, as scripts/test sets it).
+/// The photographs training scenes are composed on (scripts/backgrounds).
+pub fn backgrounds() -> PathBuf {
+    let dir = std::env::var_os("FRUITS_BACKGROUNDS")
+        .map(PathBuf::from)
+        .expect("FRUITS_BACKGROUNDS is not set: run the tests through scripts/test (it runs scripts/backgrounds)");
+    assert!(
+        dir.join("LICENSES.txt").is_file(),
+        "{}: no backgrounds; run scripts/backgrounds {}",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
 pub fn non_fruit_photos() -> PathBuf {
     let dir = std::env::var_os("FRUITS_NON_FRUIT_DIR").map(PathBuf::from).expect(
         "FRUITS_NON_FRUIT_DIR is not set: run the tests through scripts/test (it runs scripts/non-fruit-photos)",

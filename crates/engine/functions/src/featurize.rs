@@ -3,7 +3,12 @@
 //! `featurize(path, input_size, model_sha256)` takes object URIs (see
 //! `fruits-storage`); `featurize(path, input_size, model_sha256, view, seed)`
 //! featurizes the `view`-th seeded training view of each image instead
-//! (`fruits_preprocess::view`, 0 being the whole image). Either returns, per row, a struct `{features, error, worker}`: the
+//! (`fruits_preprocess::view`, 0 being the whole image);
+//! `featurize(path, input_size, model_sha256, view, seed, backgrounds)`
+//! featurizes the `view`-th seeded training *scene* of each studio shot
+//! instead (`fruits_preprocess::scene`: the fruit cut out and placed on one of
+//! the photographs under the `backgrounds` URI, which each executor reads
+//! once). Each returns, per row, a struct `{features, error, worker}`: the
 //! 1280-d backbone vector (null for a bad image), why this image could not be
 //! featurized (null for a good one), and the `host:pid` of the executor that
 //! did the work. A bad image
@@ -27,6 +32,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use fruits_backbone::Backbone;
+use fruits_preprocess::scene::{Backgrounds, Scene};
 use fruits_preprocess::view::View;
 use fruits_preprocess::Spec;
 use fruits_storage::ObjectUri;
@@ -90,7 +96,13 @@ impl Featurize {
                 let whole = vec![p.clone(), DataType::Int64, s.clone()];
                 let mut views = whole.clone();
                 views.extend([DataType::Int32, DataType::Int64]);
-                [TypeSignature::Exact(whole), TypeSignature::Exact(views)]
+                let mut scenes = views.clone();
+                scenes.push(s.clone());
+                [
+                    TypeSignature::Exact(whole),
+                    TypeSignature::Exact(views),
+                    TypeSignature::Exact(scenes),
+                ]
             })
             .collect();
         Self {
@@ -116,8 +128,12 @@ impl ScalarUDFImpl for Featurize {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let (paths, size, sha, views) = match &args.args[..] {
             [paths, size, sha] => (paths, size, sha, None),
-            [paths, size, sha, view, seed] => (paths, size, sha, Some(views(view, seed, args.number_rows)?)),
-            _ => return exec_err!("{NAME} takes (path, input_size, model_sha256[, view, seed])"),
+            [paths, size, sha, view, seed] => (paths, size, sha, Some(views(view, seed, None, args.number_rows)?)),
+            [paths, size, sha, view, seed, backgrounds] => {
+                let views = views(view, seed, Some(backgrounds), args.number_rows)?;
+                (paths, size, sha, Some(views))
+            }
+            _ => return exec_err!("{NAME} takes (path, input_size, model_sha256[, view, seed[, backgrounds]])"),
         };
         let paths = paths.to_array(args.number_rows)?;
         let paths = datafusion::arrow::compute::cast(&paths, &DataType::Utf8)?;
@@ -148,16 +164,60 @@ impl ScalarUDFImpl for Featurize {
     }
 }
 
-/// The view index of each row and the job's seed.
+/// The view index of each row, the job's seed, and for scenes the backgrounds.
 struct Views {
     index: Vec<u32>,
     seed: u64,
+    scenes: Option<Arc<Backgrounds>>,
 }
 
-fn views(view: &ColumnarValue, seed: &ColumnarValue, rows: usize) -> Result<Views> {
+impl Views {
+    /// What row `row` of `paths` becomes: the image, a view of it, or a scene.
+    fn look(&self, paths: &StringArray, row: usize) -> Look {
+        if paths.is_null(row) || self.index[row] == 0 {
+            return Look::View(View::WHOLE);
+        }
+        let key = paths.value(row);
+        match &self.scenes {
+            Some(b) => Look::Scene(Scene::seeded(self.seed, key, self.index[row], b.len()), b.clone()),
+            None => Look::View(View::seeded(self.seed, key, self.index[row])),
+        }
+    }
+}
+
+/// How one row's image is looked at.
+enum Look {
+    View(View),
+    Scene(Scene, Arc<Backgrounds>),
+}
+
+impl Look {
+    fn prepare(
+        &self,
+        bytes: &[u8],
+        key: &str,
+        spec: &Spec,
+        out: &mut Vec<f32>,
+    ) -> Result<(), fruits_preprocess::Error> {
+        match self {
+            Look::View(view) => fruits_preprocess::prepare_view(bytes, view, spec, out),
+            Look::Scene(scene, backgrounds) => {
+                let shot = fruits_preprocess::decode(bytes)?;
+                fruits_preprocess::prepare_decoded(&scene.render(&shot, backgrounds, key), spec, out)
+            }
+        }
+    }
+}
+
+fn views(view: &ColumnarValue, seed: &ColumnarValue, scenes: Option<&ColumnarValue>, rows: usize) -> Result<Views> {
     let seed = match seed {
         ColumnarValue::Scalar(ScalarValue::Int64(Some(s))) => *s as u64,
         other => return exec_err!("{NAME}: seed must be a constant integer, got {other:?}"),
+    };
+    let scenes = match scenes {
+        None => None,
+        Some(ColumnarValue::Scalar(uri)) if !uri.is_null() => Some(backgrounds(&uri.to_string())?),
+        Some(other) => return exec_err!("{NAME}: backgrounds must be a constant URI, got {other:?}"),
     };
     let view = view.to_array(rows)?;
     let index = view
@@ -165,7 +225,43 @@ fn views(view: &ColumnarValue, seed: &ColumnarValue, rows: usize) -> Result<View
         .iter()
         .map(|v| u32::try_from(v.unwrap_or(0)).unwrap_or(0))
         .collect();
-    Ok(Views { index, seed })
+    Ok(Views { index, seed, scenes })
+}
+
+/// The photographs under `uri`, read and decoded once per process.
+fn backgrounds(uri: &str) -> Result<Arc<Backgrounds>> {
+    static LOADED: OnceLock<std::sync::Mutex<std::collections::HashMap<String, Arc<Backgrounds>>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(Default::default);
+    if let Some(b) = loaded.lock().expect("backgrounds lock").get(uri) {
+        return Ok(b.clone());
+    }
+    // On the I/O runtime, waited for from this engine thread (see `start_reads`).
+    let reading = io_runtime().spawn(read_backgrounds(uri.to_string()));
+    let files = futures::executor::block_on(reading)
+        .map_err(|e| exec_datafusion(format!("reading the backgrounds failed: {e}")))?
+        .map_err(|e| exec_datafusion(format!("cannot read the backgrounds {uri}: {e}")))?;
+    let b = Arc::new(Backgrounds::decode(&files).map_err(|e| exec_datafusion(format!("backgrounds {uri}: {e}")))?);
+    loaded
+        .lock()
+        .expect("backgrounds lock")
+        .insert(uri.to_string(), b.clone());
+    Ok(b)
+}
+
+/// Every image under `uri`, in URI order (the order scenes draw them in).
+async fn read_backgrounds(uri: String) -> std::result::Result<Vec<bytes::Bytes>, fruits_storage::Error> {
+    let location = fruits_storage::Location::parse(&uri)?;
+    let mut entries: Vec<fruits_storage::ImageEntry> = fruits_storage::list_images(&location)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<std::result::Result<_, _>>()?;
+    entries.sort_by_key(|e| e.uri.to_string());
+    let mut files = Vec::with_capacity(entries.len());
+    for entry in entries {
+        files.push(entry.uri.read().await?);
+    }
+    Ok(files)
 }
 
 fn exec_datafusion(msg: String) -> datafusion::error::DataFusionError {
@@ -179,9 +275,9 @@ fn featurize_paths(
     spec: &Spec,
 ) -> Result<Vec<RowResult>> {
     let uris: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_string)).collect();
-    let view_of = |row: usize| match (views, paths.is_valid(row)) {
-        (Some(v), true) => View::seeded(v.seed, paths.value(row), v.index[row]),
-        _ => View::WHOLE,
+    let look_of = |row: usize| match views {
+        Some(v) => v.look(paths, row),
+        None => Look::View(View::WHOLE),
     };
     let windows: Vec<Vec<Option<String>>> = uris.chunks(READ_WINDOW).map(<[_]>::to_vec).collect();
     let mut reading = windows.first().cloned().map(start_reads);
@@ -201,10 +297,13 @@ fn featurize_paths(
         reading = next.cloned().map(start_reads);
         for content in contents {
             let t = Instant::now();
-            let view = view_of(results.len());
+            let row = results.len();
             let prepared = content.and_then(|bytes| {
                 STATS.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                fruits_preprocess::prepare_view(&bytes, &view, spec, &mut input).map_err(|e| e.to_string())
+                let key = if paths.is_valid(row) { paths.value(row) } else { "" };
+                look_of(row)
+                    .prepare(&bytes, key, spec, &mut input)
+                    .map_err(|e| e.to_string())
             });
             STATS
                 .preprocess_ns

@@ -16,11 +16,14 @@
 //! - normalise: `(rgb - mean) / std`, planar NCHW `f32`.
 //!
 //! [`photo`] decodes large phone photos at a reduced scale for the web service;
-//! [`view`] cuts seeded training views (crops, mirrors) out of real photos.
+//! [`view`] cuts seeded training views (crops, mirrors) out of real photos;
+//! [`scene`] composes seeded training scenes: a studio shot's fruit cut out of
+//! its white background and placed on a real photograph.
 //!
 //! Must not depend on a model runtime, an engine or a store: pixels in, tensors out.
 
 pub mod photo;
+pub mod scene;
 pub mod view;
 
 use std::io::Cursor;
