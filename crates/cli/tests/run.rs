@@ -380,6 +380,42 @@ fn studio_scenes_are_composed_on_the_engine_and_learned_by_the_kind_head() {
     assert_eq!(kinds["photos"], 12, "{kinds}");
     assert!(!out.join("_work").exists(), "the scenes' scratch is removed");
 
+    // `train` finds the studio shots through the featurize output's input.
+    let features = dir.path().join("features");
+    run_ok(
+        fruits()
+            .arg("featurize")
+            .arg("--input")
+            .arg(&train)
+            .arg("--output")
+            .arg(&features),
+    );
+    let trained_dir = dir.path().join("trained");
+    let trained = run_ok(
+        fruits()
+            .env("FRUITS_LOG", "warn,fruits=info")
+            .arg("train")
+            .arg("--features")
+            .arg(&features)
+            .arg("--output")
+            .arg(&trained_dir)
+            .args([
+                "--components",
+                "16",
+                "--photo-views",
+                "0",
+                "--studio-scenes",
+                "1",
+                "--photos",
+            ])
+            .arg(&photos)
+            .arg("--backgrounds")
+            .arg(common::backgrounds()),
+    );
+    let log = String::from_utf8_lossy(&trained.stderr);
+    assert!(log.contains("kind head trained") && log.contains("scenes=20"), "{log}");
+    assert!(!trained_dir.join("_work").exists(), "the scenes' scratch is removed");
+
     // Scenes without backgrounds, or on an empty folder: refused before any work.
     let refused = dir.path().join("refused");
     let result = run_into(&refused).env_remove("FRUITS_BACKGROUNDS").output().unwrap();

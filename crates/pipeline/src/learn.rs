@@ -518,6 +518,7 @@ async fn learn_kinds(
     tracing::info!(
         photos = metrics.photos,
         views = metrics.views,
+        scenes = metrics.scene_rows,
         top1 = metrics.top1,
         "kind head trained"
     );
