@@ -234,14 +234,7 @@ fn train_and_evaluate_work_apart_on_a_featurize_output() {
     let tmp = tempfile::tempdir().unwrap();
     let (train, test) = holdout_split(tmp.path());
     let (features, model) = (tmp.path().join("features"), tmp.path().join("model"));
-    run_ok(
-        fruits()
-            .arg("featurize")
-            .arg("--input")
-            .arg(&train)
-            .arg("--output")
-            .arg(&features),
-    );
+    featurize(&train, &features);
     let train_into = |output: &std::path::Path| {
         let mut cmd = fruits();
         cmd.arg("train")
@@ -382,14 +375,7 @@ fn studio_scenes_are_composed_on_the_engine_and_learned_by_the_kind_head() {
 
     // `train` finds the studio shots through the featurize output's input.
     let features = dir.path().join("features");
-    run_ok(
-        fruits()
-            .arg("featurize")
-            .arg("--input")
-            .arg(&train)
-            .arg("--output")
-            .arg(&features),
-    );
+    featurize(&train, &features);
     let trained_dir = dir.path().join("trained");
     let trained = run_ok(
         fruits()
@@ -432,6 +418,18 @@ fn studio_scenes_are_composed_on_the_engine_and_learned_by_the_kind_head() {
     assert!(!result.status.success());
     assert!(stderr.contains("no background photographs in"), "{stderr}");
     assert!(!refused.exists(), "nothing was written");
+}
+
+/// `fruits featurize --input input --output output`, which must succeed.
+fn featurize(input: &Path, output: &Path) {
+    run_ok(
+        fruits()
+            .arg("featurize")
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(output),
+    );
 }
 
 /// `per_class.0` training and `per_class.1` test images of each class, linked

@@ -68,6 +68,17 @@ impl Default for KindOptions {
 }
 
 impl KindOptions {
+    /// The backgrounds training scenes are composed on, when these options
+    /// ask for scenes (`None` when they do not); an error when they ask and
+    /// there are none.
+    pub fn scene_backgrounds<'a>(&self, backgrounds: Option<&'a str>) -> Result<Option<&'a str>, Error> {
+        match (self.scenes_per_shot, backgrounds) {
+            (0, _) => Ok(None),
+            (_, Some(b)) => Ok(Some(b)),
+            (_, None) => Err(Error::NoBackgrounds("(no --backgrounds given)".into())),
+        }
+    }
+
     /// The featurize setting for the photos' training views; `None` without views.
     pub fn training_views(&self) -> Option<TrainingViews> {
         (self.views_per_photo > 0).then_some(TrainingViews {

@@ -340,17 +340,6 @@ pub struct TrainPhotos {
     pub backgrounds: Option<String>,
 }
 
-impl TrainPhotos {
-    /// The backgrounds, when `opts` asks for scenes; an error when it has none.
-    fn scene_backgrounds(&self, opts: &crate::kinds::KindOptions) -> Result<Option<&str>, Error> {
-        match (opts.scenes_per_shot, &self.backgrounds) {
-            (0, _) => Ok(None),
-            (_, Some(b)) => Ok(Some(b)),
-            (_, None) => Err(Error::NoBackgrounds("(no --backgrounds given)".into())),
-        }
-    }
-}
-
 /// `fruits train`: PCA on the engine, classifiers here, the bundle written to
 /// `OUTPUT/model/`, then `OUTPUT/_SUCCESS`; with real photos, the kind head
 /// too (the photos featurized on the engine into `OUTPUT/_work/`).
@@ -365,7 +354,7 @@ pub async fn train_bundle(
     let (backbone, input_size, input) = featurized_with(&features).await?;
     if let Some(p) = photos {
         crate::kinds::check_photo_folders(&p.folders).await?;
-        if let Some(backgrounds) = p.scene_backgrounds(&opts.kinds)? {
+        if let Some(backgrounds) = opts.kinds.scene_backgrounds(p.backgrounds.as_deref())? {
             crate::kinds::check_backgrounds(backgrounds).await?;
         }
         let installed = fruits_backbone::Backbone::shared(&p.model_dir)?
@@ -500,7 +489,7 @@ async fn learn_kinds(
             &quiet,
         )
         .await?;
-        let scenes = match photos.scene_backgrounds(&opts.kinds)? {
+        let scenes = match opts.kinds.scene_backgrounds(photos.backgrounds.as_deref())? {
             Some(bg) => {
                 let shots = (train, &studio);
                 crate::kinds::featurize_scenes(ctx, shots, bg, &scratch.to_string(), &template, &opts.kinds, &quiet)

@@ -144,14 +144,12 @@ pub async fn run(job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummar
 }
 
 /// The backgrounds of the kind head's training scenes, when the job makes
-/// scenes; an error when it should and has none.
+/// scenes; an error when it should and has none. Scenes are for the kind
+/// head, so a job without photos makes none.
 fn scene_backgrounds(job: &RunJob) -> Result<Option<&str>, Error> {
-    if job.photos.is_empty() || job.learn.kinds.scenes_per_shot == 0 {
-        return Ok(None);
-    }
-    match &job.backgrounds {
-        Some(b) => Ok(Some(b)),
-        None => Err(Error::NoBackgrounds("(no --backgrounds given)".into())),
+    match job.photos.is_empty() {
+        true => Ok(None),
+        false => job.learn.kinds.scene_backgrounds(job.backgrounds.as_deref()),
     }
 }
 

@@ -59,29 +59,30 @@ pub fn real_photos(split: &str) -> PathBuf {
     dir
 }
 
-/// The photos without fruit that scripts/non-fruit-photos installs
-/// (`FRUITS_NON_FRUIT_DIR`, as scripts/test sets it).
-/// The photographs training scenes are composed on (scripts/backgrounds).
+/// The photographs training scenes are composed on, that
+/// scripts/backgrounds installs (`FRUITS_BACKGROUNDS`, as scripts/test sets it).
 pub fn backgrounds() -> PathBuf {
-    let dir = std::env::var_os("FRUITS_BACKGROUNDS")
-        .map(PathBuf::from)
-        .expect("FRUITS_BACKGROUNDS is not set: run the tests through scripts/test (it runs scripts/backgrounds)");
-    assert!(
-        dir.join("LICENSES.txt").is_file(),
-        "{}: no backgrounds; run scripts/backgrounds {}",
-        dir.display(),
-        dir.display()
-    );
-    dir
+    installed("FRUITS_BACKGROUNDS", "scripts/backgrounds", "backgrounds")
 }
 
+/// The photos without fruit that scripts/non-fruit-photos installs
+/// (`FRUITS_NON_FRUIT_DIR`, as scripts/test sets it).
 pub fn non_fruit_photos() -> PathBuf {
-    let dir = std::env::var_os("FRUITS_NON_FRUIT_DIR").map(PathBuf::from).expect(
-        "FRUITS_NON_FRUIT_DIR is not set: run the tests through scripts/test (it runs scripts/non-fruit-photos)",
-    );
+    installed(
+        "FRUITS_NON_FRUIT_DIR",
+        "scripts/non-fruit-photos",
+        "photos without fruit",
+    )
+}
+
+/// The folder in `$var` that `script` installed (it writes `LICENSES.txt` last).
+fn installed(var: &str, script: &str, what: &str) -> PathBuf {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: run the tests through scripts/test (it runs {script})"));
     assert!(
         dir.join("LICENSES.txt").is_file(),
-        "{}: no photos without fruit; run scripts/non-fruit-photos {}",
+        "{}: no {what}; run {script} {}",
         dir.display(),
         dir.display()
     );
