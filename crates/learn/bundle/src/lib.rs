@@ -40,6 +40,8 @@ pub use kinds::{KindAnswer, KindHead, KindHeadRef, KindInput};
 
 pub const MANIFEST: &str = "bundle.json";
 pub const FORMAT: u32 = 1;
+/// How many times a load starts again on a bundle.json that changed under it.
+const COMMIT_RETRIES: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -282,9 +284,36 @@ impl Bundle {
     /// Loads a bundle folder (local path or URI) and checks every file.
     pub async fn load(dir: &str) -> Result<Self, Error> {
         let dir = Location::parse(dir)?;
+        let manifest = dir.child(MANIFEST).read().await?.to_vec();
+        Self::load_from(&dir, manifest).await
+    }
+
+    /// Loads the bundle of `dir` whose bundle.json was read as `manifest`.
+    async fn load_from(dir: &Location, mut manifest: Vec<u8>) -> Result<Self, Error> {
         let manifest_uri = dir.child(MANIFEST);
-        let manifest: BundleManifest =
-            serde_json::from_slice(&manifest_uri.read().await?).map_err(|e| invalid(&manifest_uri, e))?;
+        // A rerun's commit switches bundle.json and then deletes the files the
+        // old one named; a reader caught between its two reads sees a file
+        // gone. If bundle.json changed meanwhile, the newer bundle is read.
+        for _ in 0..COMMIT_RETRIES {
+            match Self::load_manifest(dir, &manifest).await {
+                Err(e) => {
+                    let now = manifest_uri.read().await?.to_vec();
+                    if now == manifest {
+                        return Err(e);
+                    }
+                    tracing::debug!("{MANIFEST} changed while loading ({e}); reading the new one");
+                    manifest = now;
+                }
+                loaded => return loaded,
+            }
+        }
+        Self::load_manifest(dir, &manifest).await
+    }
+
+    /// Loads the bundle `manifest` (the bytes of `dir`'s bundle.json) names.
+    async fn load_manifest(dir: &Location, manifest: &[u8]) -> Result<Self, Error> {
+        let manifest_uri = dir.child(MANIFEST);
+        let manifest: BundleManifest = serde_json::from_slice(manifest).map_err(|e| invalid(&manifest_uri, e))?;
         if manifest.format != FORMAT {
             return Err(invalid(
                 &manifest_uri,
@@ -307,7 +336,7 @@ impl Bundle {
         }
         let kind_head = match &manifest.kind_head {
             None => None,
-            Some(head) => Some(load_kind_head(&dir, head, manifest.classes.len(), &pca).await?),
+            Some(head) => Some(load_kind_head(dir, head, manifest.classes.len(), &pca).await?),
         };
         let bundle = Self {
             manifest,

@@ -34,10 +34,16 @@ fn backbone() -> Manifest {
 
 /// Two classes of 3-d points on either side of a plane.
 fn bundle() -> Bundle {
+    bundle_moved(0.0)
+}
+
+/// [`bundle`] fitted on points moved by `by` along the third axis: other
+/// files, other names.
+fn bundle_moved(by: f32) -> Bundle {
     let x: Vec<f32> = (0..40)
         .flat_map(|i| {
             let side = if i % 2 == 0 { 1.0 } else { -1.0 };
-            [side + 0.01 * i as f32, side * 0.5, 0.1 * (i % 5) as f32]
+            [side + 0.01 * i as f32, side * 0.5, 0.1 * (i % 5) as f32 + by * i as f32]
         })
         .collect();
     let y: Vec<u32> = (0..40).map(|i| i % 2).collect();
@@ -148,6 +154,31 @@ async fn a_new_bundle_is_saved_beside_the_last_which_stays_whole_until_bundle_js
     let loaded = Bundle::load(&uri).await.unwrap();
     assert!(loaded.kind_head.is_none());
     assert_eq!(loaded.manifest.files().len(), 2, "pca and one classifier");
+}
+
+#[tokio::test]
+async fn a_reader_caught_across_a_commit_that_deleted_its_files_loads_the_new_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = Location::parse(&dir.path().display().to_string()).unwrap();
+    let first = bundle_moved(0.05).save(&location).await.unwrap();
+    let read_before_the_commit = std::fs::read(dir.path().join(MANIFEST)).unwrap();
+    // The rerun commits its bundle, then deletes the files only the first named.
+    let second = with_kind_head().save(&location).await.unwrap();
+    for file in first.iter().filter(|f| !second.contains(f)) {
+        std::fs::remove_file(file.trim_start_matches("file://")).unwrap();
+    }
+    let stale = Bundle::load_manifest(&location, &read_before_the_commit).await;
+    assert!(stale.is_err(), "the first bundle's files are gone");
+    let loaded = Bundle::load_from(&location, read_before_the_commit.clone())
+        .await
+        .unwrap();
+    assert!(loaded.kind_head.is_some(), "the committed bundle, read again");
+
+    // A file gone under an unchanged bundle.json is an error, not a loop.
+    let pca = file_named(dir.path(), "pca");
+    std::fs::remove_file(&pca).unwrap();
+    let err = Bundle::load(&dir.path().display().to_string()).await.unwrap_err();
+    assert!(err.to_string().contains("pca-"), "{err}");
 }
 
 #[tokio::test]
