@@ -68,6 +68,30 @@ pub fn side_by_side(left: &RgbImage, right: &RgbImage) -> RgbImage {
     out
 }
 
+/// Size of a photo in clutter, and of its fruit photo's longer side in it.
+const CLUTTER: (u32, u32) = (1600, 1200);
+const SMALL_SIDE: u32 = 480;
+
+/// A photo of a fruit in clutter: `fruit` shrunk to [`SMALL_SIDE`] px on its
+/// longer side, placed at a position drawn from `seed`, on `clutter` (a
+/// photograph without fruit) scaled to [`CLUTTER`]: a shop photo seen from
+/// afar, in a room, the way a phone photo holds a fruit among other things.
+pub fn in_clutter(fruit: &RgbImage, clutter: &RgbImage, seed: u64) -> RgbImage {
+    let mut out = image::imageops::resize(clutter, CLUTTER.0, CLUTTER.1, FilterType::Triangle);
+    let scale = SMALL_SIDE as f32 / fruit.width().max(fruit.height()).max(1) as f32;
+    let (w, h) = (
+        ((fruit.width() as f32 * scale) as u32).max(1),
+        ((fruit.height() as f32 * scale) as u32).max(1),
+    );
+    let small = image::imageops::resize(fruit, w, h, FilterType::Triangle);
+    // A multiplicative hash of the seed: positions spread over the photo.
+    let r = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let x = (r >> 16) % u64::from(CLUTTER.0 - w + 1);
+    let y = (r >> 40) % u64::from(CLUTTER.1 - h + 1);
+    image::imageops::replace(&mut out, &small, x as i64, y as i64);
+    out
+}
+
 pub fn report(answers: &[PairAnswer]) -> PairsReport {
     let n = answers.len().max(1) as f64;
     let is_either = |a: &PairAnswer, k: &String| *k == a.kinds.0 || *k == a.kinds.1;

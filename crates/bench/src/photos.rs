@@ -36,6 +36,12 @@ pub struct PhotosBenchOptions {
     pub not_fruit: Option<PathBuf>,
     /// Photos of two fruits to make of the photos (0: none).
     pub pairs: usize,
+    /// Photos in clutter to make of the photos and the `not_fruit` ones
+    /// ([`crate::pairs::in_clutter`]; 0: none).
+    pub clutter: usize,
+    /// Look through the fixed grid even when the model has a localiser
+    /// (the reference the localiser is measured against).
+    pub grid: bool,
 }
 
 /// What the model said of photos without fruit.
@@ -84,6 +90,18 @@ pub struct PhotosReport {
     pub confused: Vec<Confusion>,
     pub not_fruit: Option<NotFruitReport>,
     pub pairs: Option<PairsReport>,
+    /// The kinds of real photos shrunk onto photos without fruit.
+    pub clutter: Option<ClutterReport>,
+}
+
+/// How well the kind of a fruit photo shrunk into clutter is named.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClutterReport {
+    pub photos: usize,
+    pub top1: f64,
+    pub top3: f64,
+    pub confident: f64,
+    pub right_when_confident: f64,
 }
 
 /// One photo's outcome.
@@ -101,22 +119,30 @@ pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<Photo
     let photos = list_kind_photos(&opts.input, catalog, opts.limit)?;
     let not_fruit = opts.not_fruit.as_deref().map(list_images).transpose()?;
     let model = Model::load(&source).await.map_err(fruits_serve::Error::Model)?;
-    let pairs = opts.pairs;
-    let (answers, not_fruit, pairs) = tokio::task::spawn_blocking(move || {
+    let (pairs, ask, clutter) = (opts.pairs, ask(!opts.grid), opts.clutter);
+    let rooms = not_fruit.unwrap_or_default();
+    let (answers, not_fruit, pairs, cluttered) = tokio::task::spawn_blocking(move || {
         let answers = photos
             .iter()
-            .map(|(kind, path)| answer(&model, catalog, kind, path))
+            .map(|(kind, path)| answer(&model, catalog, kind, path, &ask))
             .collect::<Result<Vec<_>, Error>>()?;
-        let not_fruit = not_fruit
-            .unwrap_or_default()
+        let not_fruit = rooms
             .iter()
-            .map(|path| answer(&model, catalog, "", path).map(|a| (path.clone(), a)))
+            .map(|path| answer(&model, catalog, "", path, &ask).map(|a| (path.clone(), a)))
             .collect::<Result<Vec<_>, Error>>()?;
         let pairs = crate::pairs::pick(&photos.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), pairs)
             .into_iter()
-            .map(|(a, b)| pair_answer(&model, catalog, &photos[a], &photos[b]))
+            .map(|(a, b)| pair_answer(&model, catalog, (&photos[a], &photos[b]), &ask))
             .collect::<Result<Vec<_>, Error>>()?;
-        Ok::<_, Error>((answers, not_fruit, pairs))
+        // Photos spread over the kinds, each on the next room.
+        let n = if rooms.is_empty() { 0 } else { clutter.min(photos.len()) };
+        let cluttered = (0..n)
+            .map(|i| {
+                let (kind, path) = &photos[i * photos.len() / n];
+                cluttered_answer(&model, catalog, (kind, path), &rooms[i % rooms.len()], i, &ask)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok::<_, Error>((answers, not_fruit, pairs, cluttered))
     })
     .await
     .map_err(|e| Error::Setup(format!("the benchmark thread died: {e}")))??;
@@ -124,15 +150,18 @@ pub async fn run(source: ModelSource, opts: &PhotosBenchOptions) -> Result<Photo
     r.not_fruit = opts.not_fruit.is_some().then(|| not_fruit_report(&not_fruit));
     // None when asked for none, or when the photos hold a single kind.
     r.pairs = (!pairs.is_empty()).then(|| crate::pairs::report(&pairs));
+    r.clutter = (!cluttered.is_empty()).then(|| clutter_report(&cluttered));
     Ok(r)
 }
 
-/// What every photo is asked, as the app asks by default.
-fn ask() -> Ask {
+/// What every photo is asked, as the app asks by default (`localise`:
+/// unless the grid is the reference).
+fn ask(localise: bool) -> Ask {
     Ask {
         lang: Lang::En,
         top: 5,
         regions: true,
+        localise,
         max_pixels: Limits::default().pixels,
     }
 }
@@ -141,18 +170,55 @@ fn ask() -> Ask {
 fn pair_answer(
     model: &Model,
     catalog: &Catalog,
-    (kind_a, a): &(String, PathBuf),
-    (kind_b, b): &(String, PathBuf),
+    ((kind_a, a), (kind_b, b)): (&(String, PathBuf), &(String, PathBuf)),
+    ask: &Ask,
 ) -> Result<PairAnswer, Error> {
     let decode =
         |p: &Path| fruits_preprocess::decode(&read(p)?).map_err(|e| Error::Setup(format!("{}: {e}", p.display())));
     let photo = crate::scene::jpeg(&crate::pairs::side_by_side(&decode(a)?, &decode(b)?), 90);
-    let answer = identify(model, catalog, &photo, &ask()).map_err(|e| Error::Setup(e.to_string()))?;
+    let answer = identify(model, catalog, &photo, ask).map_err(|e| Error::Setup(e.to_string()))?;
     Ok(PairAnswer {
         kinds: (kind_a.clone(), kind_b.clone()),
         ranked: answer.kinds.into_iter().map(|k| k.id).collect(),
         regions: answer.regions.into_iter().map(|r| r.kind).collect(),
     })
+}
+
+/// One photo shrunk into a photo without fruit, through `identify`.
+fn cluttered_answer(
+    model: &Model,
+    catalog: &Catalog,
+    (kind, path): (&String, &PathBuf),
+    room: &Path,
+    seed: usize,
+    ask: &Ask,
+) -> Result<Answer, Error> {
+    let decode =
+        |p: &Path| fruits_preprocess::decode(&read(p)?).map_err(|e| Error::Setup(format!("{}: {e}", p.display())));
+    let photo = crate::scene::jpeg(
+        &crate::pairs::in_clutter(&decode(path)?, &decode(room)?, seed as u64),
+        90,
+    );
+    let start = Instant::now();
+    let answer = identify(model, catalog, &photo, ask).map_err(|e| Error::Setup(e.to_string()))?;
+    Ok(Answer {
+        truth: kind.clone(),
+        ranked: answer.kinds.into_iter().map(|k| k.id).collect(),
+        confident: answer.confident,
+        not_a_fruit: answer.not_a_fruit,
+        ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+fn clutter_report(answers: &[Answer]) -> ClutterReport {
+    let r = report(answers);
+    ClutterReport {
+        photos: r.photos,
+        top1: r.top1,
+        top3: r.top3,
+        confident: r.confident,
+        right_when_confident: r.right_when_confident,
+    }
 }
 
 fn not_fruit_report(answers: &[(PathBuf, Answer)]) -> NotFruitReport {
@@ -193,10 +259,10 @@ fn list_kind_photos(dir: &Path, catalog: &Catalog, limit: Option<usize>) -> Resu
     })
 }
 
-fn answer(model: &Model, catalog: &Catalog, truth: &str, path: &Path) -> Result<Answer, Error> {
+fn answer(model: &Model, catalog: &Catalog, truth: &str, path: &Path, ask: &Ask) -> Result<Answer, Error> {
     let bytes = read(path)?;
     let start = Instant::now();
-    let result = identify(model, catalog, &bytes, &ask());
+    let result = identify(model, catalog, &bytes, ask);
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let (ranked, confident, not_a_fruit) = match result {
         Ok(answer) => (
@@ -269,6 +335,7 @@ fn report(answers: &[Answer]) -> PhotosReport {
         confused,
         not_fruit: None,
         pairs: None,
+        clutter: None,
     }
 }
 

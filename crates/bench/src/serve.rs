@@ -166,6 +166,7 @@ async fn direct(state: &AppState, cases: &Arc<Vec<Case>>) -> (f64, f64) {
         lang: Lang::En,
         top: 5,
         regions: true,
+        localise: true,
         max_pixels: state.limits.pixels,
     };
     let cases = cases.clone();

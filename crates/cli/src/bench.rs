@@ -100,6 +100,15 @@ pub struct PhotosBenchArgs {
     /// side (different kinds): how often both are found.
     #[arg(long, default_value_t = 0)]
     pairs: usize,
+    /// Also this many photos in clutter, each one of the photos shrunk to
+    /// 480 px and placed on one of the --not-fruit photos (1600 × 1200): how
+    /// often its kind is named.
+    #[arg(long, default_value_t = 0, requires = "not_fruit")]
+    clutter: usize,
+    /// Look through the fixed grid of views even when the model has a
+    /// localiser: the reference to compare it with.
+    #[arg(long)]
+    grid: bool,
     /// "Not sure" below this top-1 probability [default: the bundle's calibrated threshold]
     #[arg(long)]
     min_confidence: Option<f32>,
@@ -209,6 +218,8 @@ async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {
         limit: args.limit,
         not_fruit: args.not_fruit.clone(),
         pairs: args.pairs,
+        grid: args.grid,
+        clutter: args.clutter,
     };
     let r = fruits_bench::photos::run(source, &opts).await?;
     if args.json {
@@ -261,6 +272,16 @@ async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {
             100.0 * p.either_top3,
             100.0 * p.fruits_found,
             100.0 * p.both_found
+        );
+    }
+    if let Some(c) = &r.clutter {
+        println!(
+            "photos in clutter: {}; top-1 kind {:.1} %, top-3 {:.1} %, confident {:.1} % (right {:.1} % of those)",
+            c.photos,
+            100.0 * c.top1,
+            100.0 * c.top3,
+            100.0 * c.confident,
+            100.0 * c.right_when_confident
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -97,6 +97,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().scenes_per_shot,
           value_parser = clap::value_parser!(u32).range(0..=16))]
     studio_scenes: u32,
+    /// Composed scenes the localiser (where the fruits are in a photo)
+    /// learns from, 0 to 10000; 0 trains none and the service looks through
+    /// a fixed grid. Only with --photos and --backgrounds.
+    #[arg(long, default_value_t = fruits_bundle::localiser::LocaliserOptions::default().scenes as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    localiser_scenes: u64,
     /// Photographs without fruit that training scenes are composed on
     /// (scripts/backgrounds installs 11 into ~/.cache/fruits/backgrounds).
     #[arg(long, env = "FRUITS_BACKGROUNDS")]
@@ -112,6 +118,13 @@ pub struct RunArgs {
     json: bool,
     #[command(flatten)]
     job: crate::featurize::JobArgs,
+}
+
+fn localiser_options(scenes: u64) -> fruits_bundle::localiser::LocaliserOptions {
+    fruits_bundle::localiser::LocaliserOptions {
+        scenes: scenes as usize,
+        ..Default::default()
+    }
 }
 
 pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -131,6 +144,7 @@ pub async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
                 scenes_per_shot: args.studio_scenes,
                 ..Default::default()
             },
+            localiser: localiser_options(args.localiser_scenes),
             ..Default::default()
         },
     };
@@ -302,6 +316,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = fruits_pipeline::kinds::KindOptions::default().scenes_per_shot,
           value_parser = clap::value_parser!(u32).range(0..=16))]
     studio_scenes: u32,
+    /// Composed scenes the localiser learns from, 0 to 10000 (see `fruits run`).
+    #[arg(long, default_value_t = fruits_bundle::localiser::LocaliserOptions::default().scenes as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    localiser_scenes: u64,
     /// Photographs training scenes are composed on (see `fruits run`).
     #[arg(long, env = "FRUITS_BACKGROUNDS")]
     backgrounds: Option<String>,
@@ -319,6 +337,7 @@ pub async fn train_cmd(args: TrainArgs) -> anyhow::Result<ExitCode> {
             scenes_per_shot: args.studio_scenes,
             ..Default::default()
         },
+        localiser: localiser_options(args.localiser_scenes),
         ..Default::default()
     };
     let photos = (!args.photos.is_empty()).then(|| fruits_pipeline::learn::TrainPhotos {

@@ -30,6 +30,8 @@ pub struct LearnOptions {
     pub default_classifier: &'static str,
     /// How the kind head learns from real photos.
     pub kinds: crate::kinds::KindOptions,
+    /// How the localiser learns (with real photos and backgrounds; 0 scenes: none).
+    pub localiser: fruits_bundle::localiser::LocaliserOptions,
 }
 
 impl Default for LearnOptions {
@@ -41,6 +43,7 @@ impl Default for LearnOptions {
             forest: ForestOptions::default(),
             default_classifier: "logistic_regression",
             kinds: crate::kinds::KindOptions::default(),
+            localiser: Default::default(),
         }
     }
 }
@@ -282,6 +285,8 @@ pub struct BundleParts<'a> {
     pub confidence: Vec<(String, Confidence)>,
     /// Trained on real photos, if there were any.
     pub kind_head: Option<fruits_bundle::KindHead>,
+    /// Trained on composed scenes, if there were backgrounds.
+    pub localiser: Option<fruits_bundle::Localiser>,
 }
 
 /// Builds the bundle of learned classifiers and writes it to `model_dir`
@@ -303,8 +308,42 @@ pub async fn save_bundle(
     );
     bundle.manifest.confidence = parts.confidence;
     bundle.kind_head = parts.kind_head;
+    bundle.localiser = parts.localiser;
     let files = bundle.save(model_dir).await?;
     Ok((bundle, files))
+}
+
+/// The localiser, trained when the job has real photos (it is for real
+/// photos), `opts` asks for scenes, and there are backgrounds to compose
+/// them on; without backgrounds the bundle has none and the service looks
+/// through its fixed grid, which is said in the log.
+pub async fn localiser_if_wanted(
+    model_dir: &std::path::Path,
+    pca: &Pca,
+    studio: &Rows,
+    backgrounds: Option<&str>,
+    opts: &LearnOptions,
+) -> Result<Option<fruits_bundle::Localiser>, Error> {
+    if opts.localiser.scenes == 0 {
+        return Ok(None);
+    }
+    let Some(backgrounds) = backgrounds else {
+        tracing::warn!("no backgrounds (--backgrounds or FRUITS_BACKGROUNDS): the bundle gets no localiser");
+        return Ok(None);
+    };
+    let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
+    let localiser =
+        crate::localise::train_localiser(model_dir, pca, &studio.paths, backgrounds, opts.localiser, &quiet).await?;
+    if let Some(m) = &localiser.metrics {
+        tracing::info!(
+            recall = m.recall,
+            precision = m.precision,
+            scenes = m.train_scenes,
+            seconds = m.train_seconds,
+            "localiser trained"
+        );
+    }
+    Ok(Some(localiser))
 }
 
 /// What `fruits train` did.
@@ -418,6 +457,15 @@ async fn train_holding(
             .iter()
             .map(|t| (t.classifier.name().to_string(), t.seconds)),
     );
+    let localiser = match (photos, &studio) {
+        (Some(p), Some(studio)) => {
+            let t = Instant::now();
+            let localiser = localiser_if_wanted(&p.model_dir, &pca, studio, p.backgrounds.as_deref(), opts).await?;
+            seconds.push(("localiser".to_string(), t.elapsed().as_secs_f64()));
+            localiser
+        }
+        _ => None,
+    };
     let kind_head = match photos.zip(studio) {
         Some((p, studio)) => {
             let t = Instant::now();
@@ -435,6 +483,7 @@ async fn train_holding(
         pca: &pca,
         confidence: Vec::new(),
         kind_head,
+        localiser,
     };
     let (_, model_files) = save_bundle(&model_dir, learned, parts, opts).await?;
     let summary = TrainSummary {

@@ -17,6 +17,7 @@ pub mod featurize;
 mod job;
 pub mod kinds;
 pub mod learn;
+pub mod localise;
 pub mod run;
 pub mod validate;
 

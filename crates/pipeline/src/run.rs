@@ -34,7 +34,10 @@ use crate::kinds::{
     check_backgrounds, check_photo_folders, featurize_scenes, score_on_studio, studio_sample,
     train_kind_head_off_runtime, KindMetrics,
 };
-use crate::learn::{fit_pca, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows, Scored};
+use crate::learn::{
+    fit_pca, localiser_if_wanted, save_bundle, score, train_off_runtime, BundleParts, LearnOptions, Learned, Rows,
+    Scored,
+};
 use crate::{Error, Progress};
 
 /// What `fruits run` does.
@@ -69,6 +72,9 @@ pub struct Metrics {
     /// The kind head's out-of-fold figures on the real photos, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kinds: Option<KindMetrics>,
+    /// The localiser's cell-level figures on held-out scenes, if trained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub localiser: Option<fruits_bundle::localiser::LocaliserMetrics>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +215,14 @@ async fn run_holding(
         }
         None => Rows::default(),
     };
+    let localiser = match projected.photos.is_empty() {
+        true => None,
+        false => {
+            stages.start("train localiser", progress);
+            let (model_dir, studio) = (&job.featurize.model_dir, &projected.studio_features);
+            localiser_if_wanted(model_dir, &pca, studio, job.backgrounds.as_deref(), &job.learn).await?
+        }
+    };
     let mut kind_head = match projected.photos.is_empty() {
         true => None,
         false => {
@@ -241,12 +255,14 @@ async fn run_holding(
     }
     let (kind_head, kind_metrics) = kind_head.unzip();
     metrics.kinds = kind_metrics;
+    metrics.localiser = localiser.as_ref().and_then(|l| l.metrics.clone());
     let parts = BundleParts {
         backbone: &backbone.model,
         input_size: backbone.input_size,
         pca: &pca,
         confidence: scored.iter().map(|(s, _)| (s.name.clone(), s.confidence)).collect(),
         kind_head,
+        localiser,
     };
     let model_dir = Location::parse(&cx.out.child("model").to_string())?;
     let (_, model_files) = save_bundle(&model_dir, learned, parts, &job.learn).await?;
@@ -566,6 +582,7 @@ fn metrics(learned: &Learned, test: &Rows, pca: &Pca, scored: &[(Scored, f64)], 
         default_classifier: default_classifier.into(),
         class_names: classes.to_vec(),
         kinds: None,
+        localiser: None,
     }
 }
 

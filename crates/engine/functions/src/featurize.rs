@@ -251,17 +251,8 @@ fn backgrounds(uri: &str) -> Result<Arc<Backgrounds>> {
 /// Every image under `uri`, in URI order (the order scenes draw them in).
 async fn read_backgrounds(uri: String) -> std::result::Result<Vec<bytes::Bytes>, fruits_storage::Error> {
     let location = fruits_storage::Location::parse(&uri)?;
-    let mut entries: Vec<fruits_storage::ImageEntry> = fruits_storage::list_images(&location)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<std::result::Result<_, _>>()?;
-    entries.sort_by_key(|e| e.uri.to_string());
-    let mut files = Vec::with_capacity(entries.len());
-    for entry in entries {
-        files.push(entry.uri.read().await?);
-    }
-    Ok(files)
+    let files = fruits_storage::read_images(&location).await?;
+    Ok(files.into_iter().map(|(_, bytes)| bytes).collect())
 }
 
 fn exec_datafusion(msg: String) -> datafusion::error::DataFusionError {

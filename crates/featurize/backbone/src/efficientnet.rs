@@ -25,6 +25,9 @@ pub const OPSET: i64 = 13;
 pub const INPUT: &str = "input";
 pub const FEATURES: &str = "features";
 pub const LOGITS: &str = "logits";
+/// The head's feature map before pooling, `(N, 1280, H/32, W/32)`: one
+/// feature row per 32 px cell, for finding where in a photo the fruits are.
+pub const CELLS: &str = "cells";
 
 /// The parts of the network that are not in the weights: stage repeats and strides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +78,8 @@ impl Architecture {
     }
 }
 
-/// Builds the ONNX model (outputs `features` `(N,1280)` and `logits` `(N,classes)`).
+/// Builds the ONNX model (outputs `features` `(N,1280)`, `logits`
+/// `(N,classes)` and `cells` `(N,1280,H/32,W/32)`).
 pub fn export_onnx(dict: &StateDict, arch: &Architecture, metadata: &[(&str, &str)]) -> Result<ModelProto, Error> {
     check_is_lite(dict)?;
     let strides = arch.block_strides();
@@ -94,6 +98,7 @@ pub fn export_onnx(dict: &StateDict, arch: &Architecture, metadata: &[(&str, &st
         (x, channels) = g.block(&format!("_blocks.{i}."), x, channels, stride)?;
     }
     let (head, _) = g.conv_bn(x, channels, Conv::new("_conv_head", "_bn1", 1, Act::Relu6))?;
+    g.node("Identity", &[&head], CELLS, vec![]);
     let classes = g.classifier(head)?;
     Ok(g.finish(arch, classes, metadata))
 }
@@ -273,7 +278,11 @@ impl<'a> GraphBuilder<'a> {
         let features_dim = self.dict.get("_conv_head.weight").map_or(0, |t| t.shape[0]);
         let outputs = vec![
             ValueInfoProto::f32_tensor(FEATURES, &[n.clone(), Dim::Fixed(features_dim)]),
-            ValueInfoProto::f32_tensor(LOGITS, &[n, Dim::Fixed(classes)]),
+            ValueInfoProto::f32_tensor(LOGITS, &[n.clone(), Dim::Fixed(classes)]),
+            ValueInfoProto::f32_tensor(
+                CELLS,
+                &[n, Dim::Fixed(features_dim), Dim::Named("rows"), Dim::Named("columns")],
+            ),
         ];
         let graph = GraphProto {
             node: self.nodes,

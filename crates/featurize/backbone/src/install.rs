@@ -142,7 +142,7 @@ pub fn install(opts: &InstallOptions) -> Result<Outcome, Error> {
     let input_size = opts.input_size.unwrap_or(weights.native_size);
     if !opts.force {
         if let Ok(m) = Manifest::load(dir) {
-            let same = m.source.sha256 == weights.sha256 && m.input.size == input_size;
+            let same = m.source.sha256 == weights.sha256 && m.input.size == input_size && m.outputs.cells.is_some();
             if same && m.verify(dir).is_ok() && check_library(&m.library_path(dir)).is_ok() {
                 return Ok(Outcome::AlreadyInstalled(m));
             }

@@ -24,7 +24,7 @@ pub mod runtime;
 use std::path::{Path, PathBuf};
 
 pub use manifest::Manifest;
-pub use runtime::{Backbone, Outputs};
+pub use runtime::{Backbone, Cells, Outputs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -67,6 +67,10 @@ pub struct OutputSpec {
     pub features_dim: usize,
     pub logits: String,
     pub classes: usize,
+    /// The feature map before pooling (absent from models converted before
+    /// it was exported: `install` converts those again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cells: Option<String>,
 }
 
 impl Manifest {
@@ -90,6 +94,7 @@ impl Manifest {
                 features_dim: 1280,
                 logits: crate::efficientnet::LOGITS.into(),
                 classes: 1000,
+                cells: Some(crate::efficientnet::CELLS.into()),
             },
             created_by: format!("fruits {}", env!("CARGO_PKG_VERSION")),
         }

@@ -22,6 +22,33 @@ use crate::Error;
 pub struct Outputs {
     pub features: Vec<f32>,
     pub logits: Vec<f32>,
+    /// The feature maps before pooling, when asked for.
+    pub cells: Option<Cells>,
+}
+
+/// Feature maps before pooling: `values` is `batch × dim × rows × columns`,
+/// one `dim`-long feature per 32 px cell of the input.
+#[derive(Debug, Clone)]
+pub struct Cells {
+    pub rows: usize,
+    pub columns: usize,
+    pub dim: usize,
+    pub values: Vec<f32>,
+}
+
+impl Cells {
+    /// The features of image `image`, one row per cell (row-major cells).
+    pub fn rows_of(&self, image: usize) -> Vec<f32> {
+        let plane = self.rows * self.columns;
+        let map = &self.values[image * self.dim * plane..(image + 1) * self.dim * plane];
+        let mut out = vec![0.0; plane * self.dim];
+        for (c, channel) in map.chunks_exact(plane).enumerate() {
+            for (cell, v) in channel.iter().enumerate() {
+                out[cell * self.dim + c] = *v;
+            }
+        }
+        out
+    }
 }
 
 /// A loaded model directory with its session pool.
@@ -98,22 +125,39 @@ impl Backbone {
 
     /// Runs a batch of normalised NCHW images of side `size`.
     pub fn run(&self, input: Vec<f32>, batch: usize, size: u32) -> Result<Outputs, Error> {
-        let side = size as usize;
-        if batch == 0 || input.len() != batch * 3 * side * side {
+        self.run_shaped(input, batch, (size, size), false)
+    }
+
+    /// Runs a batch of normalised NCHW images of `height × width`, with
+    /// their feature maps before pooling if `cells`.
+    pub fn run_shaped(
+        &self,
+        input: Vec<f32>,
+        batch: usize,
+        (height, width): (u32, u32),
+        cells: bool,
+    ) -> Result<Outputs, Error> {
+        let (h, w) = (height as usize, width as usize);
+        if batch == 0 || input.len() != batch * 3 * h * w {
             return Err(Error::Runtime(format!(
-                "input has {} values, expected {batch}×3×{side}×{side}",
+                "input has {} values, expected {batch}×3×{h}×{w}",
                 input.len()
             )));
         }
+        if cells && self.manifest.outputs.cells.is_none() {
+            return Err(Error::Manifest(
+                "this model has no feature-map output: run `fruits model install --force`".into(),
+            ));
+        }
         let mut session = self.take_session()?;
-        let result = self.run_on(&mut session, input, batch, side);
+        let result = self.run_on(&mut session, input, [batch, 3, h, w], cells);
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(session);
         result
     }
 
-    fn run_on(&self, session: &mut Session, input: Vec<f32>, batch: usize, side: usize) -> Result<Outputs, Error> {
+    fn run_on(&self, session: &mut Session, input: Vec<f32>, shape: [usize; 4], cells: bool) -> Result<Outputs, Error> {
         let rt = |e: ort::Error| Error::Runtime(e.to_string());
-        let tensor = Tensor::from_array(([batch, 3, side, side], input)).map_err(rt)?;
+        let tensor = Tensor::from_array((shape, input)).map_err(rt)?;
         let out = session
             .run(ort::inputs![self.manifest.input.name.as_str() => tensor])
             .map_err(rt)?;
@@ -123,9 +167,28 @@ impl Backbone {
                 .ok_or_else(|| Error::Runtime(format!("model has no output '{name}'")))?;
             Ok(value.try_extract_tensor::<f32>().map_err(rt)?.1.to_vec())
         };
+        let cells = match (&self.manifest.outputs.cells, cells) {
+            (Some(name), true) => {
+                let value = out
+                    .get(name.as_str())
+                    .ok_or_else(|| Error::Runtime(format!("model has no output '{name}'")))?;
+                let (dims, values) = value.try_extract_tensor::<f32>().map_err(rt)?;
+                let &[_, dim, rows, columns] = &dims[..] else {
+                    return Err(Error::Runtime(format!("'{name}' has shape {dims:?}")));
+                };
+                Some(Cells {
+                    rows: rows as usize,
+                    columns: columns as usize,
+                    dim: dim as usize,
+                    values: values.to_vec(),
+                })
+            }
+            _ => None,
+        };
         Ok(Outputs {
             features: extract(&self.manifest.outputs.features)?,
             logits: extract(&self.manifest.outputs.logits)?,
+            cells,
         })
     }
 

@@ -62,3 +62,40 @@ fn reads_efficientnet_lite0() {
     }
     assert!(floats > 4_000_000, "only {floats} f32 values");
 }
+
+#[test]
+#[ignore = "needs the installed model (`fruits model install`); scripts/test runs it"]
+fn the_feature_map_pools_to_the_features_on_any_shape() {
+    let backbone = fruits_backbone::Backbone::load(&fruits_backbone::default_model_dir()).unwrap();
+    // Two different 256 × 320 inputs: a smooth ramp and its mirror.
+    let (h, w) = (256usize, 320usize);
+    let input: Vec<f32> = (0..2 * 3 * h * w)
+        .map(|i| {
+            let (image, x) = (i / (3 * h * w), i % w);
+            let x = if image == 0 { x } else { w - 1 - x };
+            (x as f32 / w as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let out = backbone.run_shaped(input, 2, (h as u32, w as u32), true).unwrap();
+    let cells = out.cells.unwrap();
+    assert_eq!((cells.rows, cells.columns, cells.dim), (8, 10, 1280));
+    for image in 0..2 {
+        let rows = cells.rows_of(image);
+        let plane = cells.rows * cells.columns;
+        for (c, feature) in out.features[image * 1280..(image + 1) * 1280].iter().enumerate() {
+            let mean: f32 = (0..plane).map(|cell| rows[cell * 1280 + c]).sum::<f32>() / plane as f32;
+            assert!(
+                (mean - feature).abs() < 1e-4,
+                "channel {c}: cells average {mean}, features {feature}"
+            );
+        }
+    }
+    // The mirror's map is the map mirrored (up to SAME padding at the edges).
+    let (a, b) = (cells.rows_of(0), cells.rows_of(1));
+    let at = |rows: &[f32], r: usize, c: usize| rows[(r * 10 + c) * 1280..(r * 10 + c + 1) * 1280].to_vec();
+    let cosine = |x: &[f32], y: &[f32]| {
+        let dot: f32 = x.iter().zip(y).map(|(a, b)| a * b).sum();
+        dot / (x.iter().map(|v| v * v).sum::<f32>().sqrt() * y.iter().map(|v| v * v).sum::<f32>().sqrt())
+    };
+    assert!(cosine(&at(&a, 4, 3), &at(&b, 4, 6)) > 0.9, "inner cells mirror");
+}

@@ -181,6 +181,19 @@ pub fn resize(image: &RgbImage, size: u32) -> Result<RgbImage, Error> {
     Ok(out)
 }
 
+/// Resizes to exactly `width × height`, the aspect not kept (no crop).
+pub fn resize_exact(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, Error> {
+    if image.dimensions() == (width, height) {
+        return Ok(image.clone());
+    }
+    let mut out = RgbImage::new(width, height);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(fir::FilterType::Bilinear));
+    Resizer::new()
+        .resize(image, &mut out, &options)
+        .map_err(|e| Error::Decode(format!("cannot resize: {e}")))?;
+    Ok(out)
+}
+
 /// Appends `(rgb - mean) / std` as planar R, G, B.
 pub fn normalize_into(image: &RgbImage, spec: &Spec, out: &mut Vec<f32>) {
     let plane = (image.width() * image.height()) as usize;

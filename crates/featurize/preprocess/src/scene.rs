@@ -156,10 +156,17 @@ impl Scene {
 
     /// Renders the scene with `fruit` (a studio shot on white), [`SIDE`] px square.
     pub fn render(&self, fruit: &RgbImage, backgrounds: &Backgrounds, key: &str) -> RgbImage {
+        self.render_with_mask(fruit, backgrounds, key).0
+    }
+
+    /// [`Scene::render`], and where the fruit is: its opacity per scene
+    /// pixel (row-major, [`SIDE`]²), the ground truth a localiser learns.
+    pub fn render_with_mask(&self, fruit: &RgbImage, backgrounds: &Backgrounds, key: &str) -> (RgbImage, Vec<f32>) {
         let mut canvas = self.backdrop(backgrounds);
+        let mut mask = vec![0.0; (SIDE * SIDE) as usize];
         let alpha = cut_out(fruit);
         for copy in &self.copies {
-            self.paste(&mut canvas, fruit, &alpha, copy);
+            self.paste(&mut canvas, &mut mask, fruit, &alpha, copy);
         }
         if self.blur > 0.0 {
             canvas = imageops::fast_blur(&canvas, self.blur);
@@ -172,7 +179,7 @@ impl Scene {
                 px.0 = px.0.map(|c| (i32::from(c) + n).clamp(0, 255) as u8);
             }
         }
-        canvas
+        (canvas, mask)
     }
 
     /// The background crop, resized to [`SIDE`] and relit.
@@ -195,7 +202,7 @@ impl Scene {
 
     /// Draws one copy: each scene pixel under the rotated square samples the
     /// studio shot (bilinear) and blends by its alpha.
-    fn paste(&self, canvas: &mut RgbImage, fruit: &RgbImage, alpha: &[f32], copy: &Copy) {
+    fn paste(&self, canvas: &mut RgbImage, mask: &mut [f32], fruit: &RgbImage, alpha: &[f32], copy: &Copy) {
         let (fw, fh) = (fruit.width() as f32, fruit.height() as f32);
         let side = copy.side * SIDE as f32;
         let (cx, cy) = (copy.x * SIDE as f32, copy.y * SIDE as f32);
@@ -214,6 +221,8 @@ impl Scene {
                 if a <= 0.0 {
                     continue;
                 }
+                let covered = &mut mask[(y * SIDE + x) as usize];
+                *covered = covered.max(a);
                 let under = canvas.get_pixel_mut(x, y);
                 for ((u, colour), gain) in under.0.iter_mut().zip(rgb).zip(self.gain) {
                     let top = (colour * gain).clamp(0.0, 255.0);
@@ -222,6 +231,20 @@ impl Scene {
             }
         }
     }
+}
+
+/// The mean of a square `side`² `mask` over a `cells × cells` grid (row-major):
+/// how much of each cell the fruit covers.
+pub fn cell_coverage(mask: &[f32], side: u32, cells: u32) -> Vec<f32> {
+    let mut sums = vec![0.0f32; (cells * cells) as usize];
+    let mut counts = vec![0u32; sums.len()];
+    for (i, a) in mask.iter().enumerate() {
+        let (x, y) = (i as u32 % side, i as u32 / side);
+        let cell = ((y * cells / side) * cells + x * cells / side) as usize;
+        sums[cell] += a;
+        counts[cell] += 1;
+    }
+    sums.iter().zip(counts).map(|(s, n)| s / n.max(1) as f32).collect()
 }
 
 /// The fruit's opacity per pixel: the near-white pixels connected to the
@@ -377,6 +400,36 @@ mod tests {
         }
         assert!((140..=260).contains(&piles), "about half are piles: {piles}");
         assert!(used.iter().all(|&u| u), "every background is drawn");
+    }
+
+    #[test]
+    fn the_mask_covers_the_fruit_and_its_cells_say_where() {
+        let scene = Scene {
+            background: 0,
+            crop: (0.0, 0.0, 1.0),
+            light: 1.0,
+            copies: vec![Copy {
+                x: 0.25,
+                y: 0.75,
+                side: 0.4,
+                angle: 0.0,
+            }],
+            gain: [1.0; 3],
+            blur: 0.0,
+            noise: 0,
+        };
+        let (_, mask) = scene.render_with_mask(&studio_shot(), &backgrounds(), "a");
+        assert_eq!(mask.len(), (SIDE * SIDE) as usize);
+        // The fruit's centre is covered, the far corner is not.
+        assert!(mask[((SIDE * 3 / 4) * SIDE + SIDE / 4) as usize] > 0.9);
+        assert_eq!(mask[(SIDE / 8 * SIDE + SIDE * 7 / 8) as usize], 0.0);
+        // 40 px cells: the four around the centre (80, 240) are mostly fruit.
+        let cells = cell_coverage(&mask, SIDE, 8);
+        for (row, column) in [(5, 1), (5, 2), (6, 1), (6, 2)] {
+            assert!(cells[row * 8 + column] > 0.5, "({row}, {column}): {cells:?}");
+        }
+        assert_eq!(cells[7], 0.0, "top right is background");
+        assert!(cells.iter().sum::<f32>() < 16.0, "the fruit is a small part");
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod store;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
@@ -253,6 +253,20 @@ pub async fn list_folders(location: &Location) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
+/// Every image under `location`, read whole, in URI order: for small sets
+/// read as one (the photographs training scenes are composed on). The first
+/// fault ends it.
+pub async fn read_images(location: &Location) -> Result<Vec<(ObjectUri, Bytes)>, Error> {
+    let mut entries: Vec<ImageEntry> = list_images(location).try_collect().await?;
+    entries.sort_by_key(|e| e.uri.to_string());
+    let mut files = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let bytes = entry.uri.read().await?;
+        files.push((entry.uri, bytes));
+    }
+    Ok(files)
+}
+
 /// Streams every image below `location`, page by page as the store lists
 /// them. A local folder is walked here, not by `object_store`, whose local
 /// listing ends at its first fault: one symbolic link loop would silently
@@ -427,7 +441,6 @@ fn root_of(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::TryStreamExt;
 
     #[test]
     fn image_names_are_matched_case_insensitively() {

@@ -35,8 +35,10 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 pub mod kinds;
+pub mod localiser;
 
 pub use kinds::{KindAnswer, KindHead, KindHeadRef, KindInput};
+pub use localiser::{Localiser, LocaliserRef, ScoreMap};
 
 pub const MANIFEST: &str = "bundle.json";
 pub const FORMAT: u32 = 1;
@@ -63,6 +65,8 @@ pub enum Error {
     BackboneMismatch { bundle: String, installed: String },
     #[error("cannot use this image: {0}")]
     Image(#[from] fruits_preprocess::Error),
+    #[error("cannot train the localiser: {0}")]
+    Localiser(String),
 }
 
 /// One file of the bundle.
@@ -92,6 +96,9 @@ pub struct BundleManifest {
     /// The kind head (see [`kinds`]), when trained with real photos.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind_head: Option<KindHeadRef>,
+    /// The localiser (see [`localiser`]), when trained with backgrounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub localiser: Option<LocaliserRef>,
 }
 
 impl BundleManifest {
@@ -138,6 +145,9 @@ impl BundleManifest {
                 ("kind_head.domain", &head.domain),
             ]);
         }
+        if let Some(localiser) = &self.localiser {
+            files.push(("localiser.classifier", &localiser.classifier));
+        }
         files
     }
 
@@ -179,6 +189,7 @@ pub struct Bundle {
     pub pca: Pca,
     pub classifiers: Vec<Classifier>,
     pub kind_head: Option<KindHead>,
+    pub localiser: Option<Localiser>,
 }
 
 /// Probabilities of feature rows, row-major.
@@ -224,10 +235,12 @@ impl Bundle {
                 default_classifier: default_classifier.into(),
                 confidence: Vec::new(),
                 kind_head: None,
+                localiser: None,
             },
             pca,
             classifiers,
             kind_head: None,
+            localiser: None,
         }
     }
 
@@ -257,6 +270,18 @@ impl Bundle {
                     domain: put_addressed(dir, "domain", domain).await?,
                     confidence: head.confidence,
                     input: head.input,
+                })
+            }
+        };
+        manifest.localiser = match &self.localiser {
+            None => None,
+            Some(l) => {
+                let bytes = serde_json::to_vec(&l.classifier).expect("a classifier serializes");
+                Some(LocaliserRef {
+                    classifier: put_addressed(dir, "localiser", bytes).await?,
+                    threshold: l.threshold,
+                    side: l.side,
+                    metrics: l.metrics.clone(),
                 })
             }
         };
@@ -338,11 +363,16 @@ impl Bundle {
             None => None,
             Some(head) => Some(load_kind_head(dir, head, manifest.classes.len(), &pca).await?),
         };
+        let localiser = match &manifest.localiser {
+            None => None,
+            Some(l) => Some(load_localiser(dir, l, &pca).await?),
+        };
         let bundle = Self {
             manifest,
             pca,
             classifiers,
             kind_head,
+            localiser,
         };
         bundle.classifier(None)?;
         Ok(bundle)
@@ -475,6 +505,27 @@ impl Predictor {
         Ok(self.backbone.run(input, images.len(), self.spec.size)?)
     }
 
+    /// Where the fruits are in a decoded photo, if the bundle has a
+    /// localiser: one dense pass of the backbone over the whole photo.
+    pub fn score_map(&self, image: &RgbImage) -> Result<Option<ScoreMap>, Error> {
+        let Some(localiser) = &self.bundle.localiser else {
+            return Ok(None);
+        };
+        let (w, h) = localiser::dense_shape(image.width(), image.height(), localiser.side);
+        let resized = fruits_preprocess::resize_exact(image, w, h)?;
+        let mut input = Vec::with_capacity((3 * w * h) as usize);
+        fruits_preprocess::normalize_into(&resized, &self.spec, &mut input);
+        let out = self.backbone.run_shaped(input, 1, (h, w), true)?;
+        let cells = out.cells.expect("asked for cells");
+        let map = localiser.score(&self.bundle.pca, &cells.rows_of(0), (cells.rows, cells.columns))?;
+        Ok(Some(map))
+    }
+
+    /// The backbone this predictor runs.
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
     /// The top 3 kinds and the top `k` classes of one encoded image, as the
     /// kind head and the default classifier answer together (the whole
     /// image, one view: the service's `identify` also looks at parts).
@@ -503,6 +554,20 @@ impl Predictor {
         let proba = self.bundle.classify_features(&features, classifier)?;
         Ok(self.bundle.rank(&proba, k))
     }
+}
+
+async fn load_localiser(dir: &Location, found: &LocaliserRef, pca: &Pca) -> Result<Localiser, Error> {
+    let uri = dir.child(&found.classifier.file);
+    let bytes = read_checked(&uri, &found.classifier.sha256).await?;
+    let classifier: Classifier = serde_json::from_slice(&bytes).map_err(|e| invalid(&uri, e))?;
+    let localiser = Localiser {
+        classifier,
+        threshold: found.threshold,
+        side: found.side,
+        metrics: found.metrics.clone(),
+    };
+    localiser.check(pca).map_err(|e| invalid(&uri, e))?;
+    Ok(localiser)
 }
 
 async fn load_kind_head(dir: &Location, head: &KindHeadRef, classes: usize, pca: &Pca) -> Result<KindHead, Error> {

@@ -182,6 +182,29 @@ async fn a_reader_caught_across_a_commit_that_deleted_its_files_loads_the_new_bu
 }
 
 #[tokio::test]
+async fn a_localiser_is_saved_checked_and_scores_cells_the_same_after_loading() {
+    let mut b = bundle();
+    // Two outputs over the PCA's k: the variety classifier fits the shape.
+    b.localiser = Some(Localiser {
+        classifier: b.classifiers[0].clone(),
+        threshold: 0.5,
+        side: localiser::DENSE_SIDE,
+        metrics: None,
+    });
+    let (dir, uri) = saved_bundle(&b).await;
+    let loaded = Bundle::load(&uri).await.unwrap();
+    let cells = [1.0f32, 0.5, 0.2, -1.0, -0.5, 0.0];
+    let score = |b: &Bundle| b.localiser.as_ref().unwrap().score(&b.pca, &cells, (1, 2)).unwrap();
+    assert_eq!(score(&loaded), score(&b));
+    assert_eq!(score(&loaded).scores.len(), 2);
+    assert!(read_manifest(dir.path())["localiser"]["side"] == 320);
+
+    edit_manifest(dir.path(), |m| m["localiser"]["threshold"] = 2.0.into());
+    let err = Bundle::load(&uri).await.unwrap_err().to_string();
+    assert!(err.contains("localiser threshold 2"), "{err}");
+}
+
+#[tokio::test]
 async fn a_changed_file_is_refused_by_its_sha256() {
     let (dir, uri) = saved().await;
     let pca = file_named(dir.path(), "pca");

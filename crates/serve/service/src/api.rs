@@ -294,6 +294,7 @@ fn ask_of(
         lang: lang_of(q.lang.as_deref(), headers)?,
         top,
         regions: q.regions.unwrap_or(true),
+        localise: true,
         max_pixels: s.limits.pixels,
     })
 }

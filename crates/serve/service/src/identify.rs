@@ -30,9 +30,11 @@ use fruits_catalog::{Catalog, Lang};
 use fruits_preprocess::photo::decode_photo;
 use image::RgbImage;
 
-use crate::answer::{FruitFacts, Identification, ImageSize, Kind, Prediction, RankedKind, Region, Timings};
+use crate::answer::{
+    BoundingBox, FruitFacts, Identification, ImageSize, Kind, Prediction, RankedKind, Region, Timings,
+};
 use crate::model::Model;
-use crate::views::{crop, plan, union, View};
+use crate::views::{around, crop, plan, union, worth_a_closer_look, View, MAX_REGIONS, MAX_VIEWS};
 
 /// Why a photo could not be identified. Knows nothing of HTTP: the API
 /// turns it into a status (`From<IdentifyError> for ApiError`).
@@ -64,8 +66,11 @@ pub struct Ask {
     pub lang: Lang,
     /// How many ranked predictions to return.
     pub top: usize,
-    /// Whether to look at grid views of the photo.
+    /// Whether to look at parts of the photo (and report `regions`).
     pub regions: bool,
+    /// Whether the parts are where the bundle's localiser finds fruits (if
+    /// it has one); otherwise a fixed grid.
+    pub localise: bool,
     pub max_pixels: u64,
 }
 
@@ -81,8 +86,7 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
     let size = model.predictor.spec().size;
     let photo = decode_photo(bytes, 2 * size, ask.max_pixels)?;
     let decoded = start.elapsed();
-    let (w, h) = photo.image.dimensions();
-    let views = plan(w, h, photo.width.min(photo.height), size, ask.regions);
+    let (views, boxes) = looks(model, &photo, size, ask)?;
     // The whole photo is borrowed, not copied: a 50 MP strip is 150 MB.
     let crops: Vec<Cow<'_, RgbImage>> = views.iter().map(|v| crop(&photo.image, *v)).collect();
     let outputs = model.predictor.outputs_of(&crops)?;
@@ -127,7 +131,7 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
         threshold: model.threshold,
         fruit: catalog.get(&predictions[0].label).map(|f| FruitFacts::new(f, ask.lang)),
         predictions,
-        regions: regions(model, catalog, &seen, &views, (w, h), ask.lang),
+        regions: regions(model, catalog, &seen, &boxes, ask.lang),
         image: ImageSize {
             width: photo.width,
             height: photo.height,
@@ -140,6 +144,75 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
         },
         model: model.id.clone(),
     })
+}
+
+/// The part of the photo a view stands for in `regions`: a grid view's own
+/// square, or the box of fruit cells the localiser found.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Grid(BoundingBox),
+    Found(BoundingBox),
+}
+
+/// The views of a photo (`None`: the whole of it) and the part each stands for.
+type Looks = (Vec<Option<View>>, Vec<Option<Part>>);
+
+/// Least mean fruit score over a grid view for the localiser to keep it.
+const GRID_FRUIT: f32 = 0.25;
+
+/// The views to look through, and the part of the photo each stands for
+/// in `regions` (`None`: the whole photo). Without a localiser, the whole
+/// photo and the fixed grid. With one, the whole photo, a view around each
+/// fruit it finds that a grid view would hold (up to [`MAX_REGIONS`]), and
+/// the grid views that are mostly fruit (a photo full of fruit keeps them
+/// all: the grid is how touching fruits of different kinds are told
+/// apart, which fruit-or-not cells cannot do), at most [`MAX_VIEWS`] in all.
+/// The whole photo's answer stays in the mean even when little of it is
+/// fruit: leaving it out named 2 more of 162 photos in clutter but made
+/// confident answers there right 89 % of the time instead of 92 %.
+fn looks(
+    model: &Model,
+    photo: &fruits_preprocess::photo::Photo,
+    size: u32,
+    ask: &Ask,
+) -> Result<Looks, IdentifyError> {
+    let (w, h) = photo.image.dimensions();
+    let closer = ask.regions && worth_a_closer_look(photo.width.min(photo.height), size);
+    let map = match closer && ask.localise {
+        true => model.predictor.score_map(&photo.image)?,
+        false => None,
+    };
+    let grid = plan(w, h, photo.width.min(photo.height), size, ask.regions);
+    let Some(map) = map else {
+        let boxes = grid.iter().map(|v| v.map(|v| Part::Grid(v.bounds((w, h))))).collect();
+        return Ok((grid, boxes));
+    };
+    let threshold = model.predictor.bundle.localiser.as_ref().map_or(0.5, |l| l.threshold);
+    let grid_side = grid.iter().flatten().map(|v| v.side).next().unwrap_or(w.min(h)) as f32;
+    let (mut views, mut boxes) = (vec![None], vec![None]);
+    for region in map.regions(threshold, MAX_REGIONS) {
+        let (x, y, width, height) = region.bounds(&map);
+        let found = BoundingBox { x, y, width, height };
+        if (width * w as f32).max(height * h as f32) <= grid_side {
+            views.push(Some(around(found, (w, h))));
+            boxes.push(Some(Part::Found(found)));
+        }
+    }
+    let mut fruity: Vec<(f32, View)> = grid
+        .iter()
+        .flatten()
+        .map(|v| {
+            let b = v.bounds((w, h));
+            (map.mean_within((b.x, b.y, b.width, b.height)), *v)
+        })
+        .filter(|(score, _)| *score >= GRID_FRUIT)
+        .collect();
+    fruity.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (_, v) in fruity.into_iter().take(MAX_VIEWS - views.len()) {
+        views.push(Some(v));
+        boxes.push(Some(Part::Grid(v.bounds((w, h)))));
+    }
+    Ok((views, boxes))
 }
 
 /// What the model made of each view: class and kind probabilities, and
@@ -297,21 +370,17 @@ fn most_produce(produce: &[f32]) -> usize {
     (0..produce.len()).fold(0, |best, i| if produce[i] > produce[best] { i } else { best })
 }
 
-/// Grid views confident about a kind, grouped by kind; reported when there
-/// are two kinds or more. Each region names its most probable variety of
-/// that kind in its most confident view.
-fn regions(
-    model: &Model,
-    catalog: &Catalog,
-    seen: &Seen,
-    views: &[Option<View>],
-    (w, h): (u32, u32),
-    lang: Lang,
-) -> Vec<Region> {
+/// Views of parts (`boxes`: the part each view stands for) confident about
+/// a kind, grouped by kind; reported when there are two kinds or more. Each
+/// region names its most probable variety of that kind in its most
+/// confident view.
+/// A kind's box is the union of its views' parts, the localiser's boxes
+/// alone when it has any (they are tighter than a grid view).
+fn regions(model: &Model, catalog: &Catalog, seen: &Seen, parts: &[Option<Part>], lang: Lang) -> Vec<Region> {
     let bundle = &model.predictor.bundle;
-    let mut found: Vec<Region> = Vec::new();
-    for (i, view) in views.iter().enumerate() {
-        let Some(v) = view else { continue };
+    let mut found: Vec<(Region, bool)> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let Some(part) = *part else { continue };
         let Some((kind, probability)) = seen.ranked_kinds(i).into_iter().next() else {
             continue;
         };
@@ -322,28 +391,40 @@ fn regions(
             continue;
         }
         let label = bundle.rank(seen.classes[i], 1)[0].label.clone();
-        let bounds = v.bounds((w, h));
-        match found.iter_mut().find(|r| r.kind == kind) {
-            Some(region) => {
-                region.bounds = union(region.bounds, bounds);
+        let (bounds, tight) = match part {
+            Part::Grid(b) => (b, false),
+            Part::Found(b) => (b, true),
+        };
+        match found.iter_mut().find(|(r, _)| r.kind == kind) {
+            Some((region, was_tight)) => {
+                region.bounds = match (tight, *was_tight) {
+                    (true, false) => bounds,
+                    (false, true) => region.bounds,
+                    _ => union(region.bounds, bounds),
+                };
+                *was_tight |= tight;
                 if probability > region.probability {
                     region.name = display_name(catalog, &label, lang);
                     region.label = label;
                     region.probability = probability;
                 }
             }
-            None => found.push(Region {
-                bounds,
-                kind,
-                name: display_name(catalog, &label, lang),
-                label,
-                probability,
-            }),
+            None => found.push((
+                Region {
+                    bounds,
+                    kind,
+                    name: display_name(catalog, &label, lang),
+                    label,
+                    probability,
+                },
+                tight,
+            )),
         }
     }
     if found.len() < 2 {
         return Vec::new();
     }
+    let mut found: Vec<Region> = found.into_iter().map(|(r, _)| r).collect();
     found.sort_by(|a, b| b.probability.total_cmp(&a.probability));
     found
 }

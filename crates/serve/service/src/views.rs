@@ -1,7 +1,9 @@
 //! Where the model looks in a photo: the whole picture, and unless it is
-//! small a grid of overlapping square views, so that a fruit off-centre or one of
-//! several fruits fills a view the way a Fruits-360 fruit fills its frame.
-//! Pixel geometry only: no model, no wire format beyond the box it reports.
+//! small either a square view around each region the bundle's localiser
+//! found, or (a bundle without one) a grid of overlapping square views, so
+//! that a fruit off-centre or one of several fruits fills a view the way a
+//! Fruits-360 fruit fills its frame. Pixel geometry only: no model, no wire
+//! format beyond the box it reports.
 
 use std::borrow::Cow;
 
@@ -41,7 +43,7 @@ const GRID_MIN_VIEW: f32 = 0.9;
 /// shorter side before any reduced-scale decoding).
 pub fn plan(width: u32, height: u32, original_shorter: u32, size: u32, regions: bool) -> Vec<Option<View>> {
     let mut views = vec![None];
-    if !regions || (original_shorter as f32 * GRID_SIDE) < GRID_MIN_VIEW * size as f32 {
+    if !regions || !worth_a_closer_look(original_shorter, size) {
         return views;
     }
     let side = (width.min(height) as f32 * GRID_SIDE).round() as u32;
@@ -53,6 +55,44 @@ pub fn plan(width: u32, height: u32, original_shorter: u32, size: u32, regions: 
     }
     debug_assert!(views.len() <= MAX_VIEWS);
     views
+}
+
+/// Whether a photo whose shorter side is `original_shorter` pixels has
+/// parts worth looking at on their own: its grid views would keep at least
+/// [`GRID_MIN_VIEW`] of the model's input side `size`.
+pub fn worth_a_closer_look(original_shorter: u32, size: u32) -> bool {
+    original_shorter as f32 * GRID_SIDE >= GRID_MIN_VIEW * size as f32
+}
+
+/// Most regions of a localiser looked at on their own (each one more view).
+pub const MAX_REGIONS: usize = 4;
+/// Room around a region in its view, as a share of the region's longer side:
+/// a Fruits-360 fruit fills its frame with a little white around it.
+const REGION_MARGIN: f32 = 0.15;
+/// Least side of a region's view, as a share of the photo's shorter side: a
+/// one-cell region is too little of a fruit to name.
+const REGION_MIN_SIDE: f32 = 0.25;
+
+/// The square view around a box (shares of a `w × h` photo): its longer
+/// side plus margins, at least [`REGION_MIN_SIDE`] of the shorter side, at
+/// most all of it, centred on the box and moved inside the photo.
+pub fn around(bounds: BoundingBox, (w, h): (u32, u32)) -> View {
+    let shorter = w.min(h) as f32;
+    let longer_side = (bounds.width * w as f32).max(bounds.height * h as f32);
+    let side = (longer_side * (1.0 + 2.0 * REGION_MARGIN))
+        .max(REGION_MIN_SIDE * shorter)
+        .min(shorter)
+        .round()
+        .max(1.0) as u32;
+    let centre = |start: f32, length: f32, total: u32| {
+        let c = (start + length / 2.0) * total as f32;
+        (c - side as f32 / 2.0).round().clamp(0.0, (total - side) as f32) as u32
+    };
+    View {
+        x: centre(bounds.x, bounds.width, w),
+        y: centre(bounds.y, bounds.height, h),
+        side,
+    }
 }
 
 /// Evenly spread starts of `side`-long windows covering `0..length`, at most
@@ -96,6 +136,21 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_region_gets_a_square_view_with_margins_inside_the_photo() {
+        let b = |x, y, width, height| BoundingBox { x, y, width, height };
+        // A 4:3 photo, a region in its left half: 0.4 × 1000 px wide.
+        let v = around(b(0.1, 0.25, 0.4, 0.5), (1000, 750));
+        assert_eq!(v.side, 520, "400 px and 15 % each side");
+        assert_eq!((v.x, v.y), (40, 115));
+        // At the corner: moved inside; never larger than the shorter side.
+        let v = around(b(0.9, 0.9, 0.1, 0.1), (1000, 750));
+        assert_eq!((v.x + v.side, v.y + v.side), (1000, 750));
+        assert_eq!(around(b(0.0, 0.0, 1.0, 1.0), (1000, 750)).side, 750);
+        // A one-cell region still gets a quarter of the shorter side.
+        assert_eq!(around(b(0.5, 0.5, 0.01, 0.01), (1000, 750)).side, 188);
+    }
 
     #[test]
     fn small_images_get_one_view_and_phone_photos_a_grid() {
