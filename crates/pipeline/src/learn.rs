@@ -396,6 +396,9 @@ pub async fn train_bundle(
         if let Some(backgrounds) = opts.kinds.scene_backgrounds(p.backgrounds.as_deref())? {
             crate::kinds::check_backgrounds(backgrounds).await?;
         }
+        if let Some(backgrounds) = p.backgrounds.as_deref().filter(|_| opts.localiser.scenes > 0) {
+            crate::kinds::check_backgrounds(backgrounds).await?;
+        }
         let installed = fruits_backbone::Backbone::shared(&p.model_dir)?
             .manifest()
             .onnx

@@ -73,7 +73,7 @@ pub enum Error {
     },
     #[error("{0}: no <kind>/ folders of real photos")]
     NoKindFolders(String),
-    #[error("no background photographs in {0} to compose training scenes on (scripts/backgrounds installs some; --studio-scenes 0 turns scenes off)")]
+    #[error("no background photographs in {0} to compose training scenes on (scripts/backgrounds installs some; --studio-scenes 0 --localiser-scenes 0 make none)")]
     NoBackgrounds(String),
     #[error("the features were made with model {features} but --model-dir holds {installed}: real photos must go through the same backbone")]
     OtherBackbone { features: String, installed: String },
