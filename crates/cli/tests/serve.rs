@@ -98,11 +98,13 @@ fn held_out_photos_are_named_with_facts_in_english_and_french() {
 /// the features by a hair, and the 6 cantaloupes (no cantaloupe among the 12
 /// studio classes; kiwi is) sit on the kiwi border (2 of 6 right here, none
 /// there). A floor is what every machine must reach, so top-1's sits 4 photos
-/// under CI's figure.
+/// under CI's figure. With the localiser (the views where it finds fruit),
+/// here: top-1 84.6 %, top-3 98.1 %, confident 56.8 %, right when confident
+/// 97.8 %; the confident floor sits 3 photos under that.
 const VAL_TOP1: f64 = 0.82;
 const VAL_TOP3: f64 = 0.95;
 const VAL_RIGHT_WHEN_CONFIDENT: f64 = 0.97;
-const VAL_CONFIDENT: f64 = 0.58;
+const VAL_CONFIDENT: f64 = 0.55;
 /// Ceiling on the photos without fruit (scripts/non-fruit-photos, 33) named
 /// with confidence by the same model: none when set (2 of 33 when the whole
 /// photo alone answered).
@@ -226,9 +228,11 @@ fn a_50_mp_strip_is_looked_at_in_a_handful_of_views_with_bounded_memory() {
         answer["views"]
     );
     assert_eq!(answer["image"]["height"], h, "{answer}");
+    // The localiser finds no fruit in the random strip: 1 view; the grid
+    // would look at 4 × 2 parts besides.
     let views = answer["views"].as_u64().unwrap();
     assert!(
-        (2..=9).contains(&views),
+        (1..=9).contains(&views),
         "the whole strip and at most 4 × 2 parts: {views}"
     );
     // 200 MB of RGBA pixels, converted in place; no copy of the whole image.
@@ -258,7 +262,10 @@ fn a_12_mp_phone_photo_held_sideways_is_decoded_oriented_and_looked_at_in_parts(
         (answer["image"]["width"].as_u64(), answer["image"]["height"].as_u64()),
         (Some(4032), Some(3024))
     );
-    assert_eq!(answer["views"], 7, "the whole photo and a 3 × 2 grid");
+    // The whole photo, a view of the fruit, and the grid views mostly fruit
+    // (the grid alone: the whole photo and 3 × 2).
+    let views = answer["views"].as_u64().unwrap();
+    assert!((2..=7).contains(&views), "{answer}");
     assert_eq!(answer["predictions"].as_array().unwrap().len(), 5);
     let one_view = server
         .post_image("/v1/identify?regions=false", "image/jpeg", &jpeg)

@@ -170,12 +170,7 @@ const GRID_FRUIT: f32 = 0.25;
 /// The whole photo's answer stays in the mean even when little of it is
 /// fruit: leaving it out named 2 more of 162 photos in clutter but made
 /// confident answers there right 89 % of the time instead of 92 %.
-fn looks(
-    model: &Model,
-    photo: &fruits_preprocess::photo::Photo,
-    size: u32,
-    ask: &Ask,
-) -> Result<Looks, IdentifyError> {
+fn looks(model: &Model, photo: &fruits_preprocess::photo::Photo, size: u32, ask: &Ask) -> Result<Looks, IdentifyError> {
     let (w, h) = photo.image.dimensions();
     let closer = ask.regions && worth_a_closer_look(photo.width.min(photo.height), size);
     let map = match closer && ask.localise {
