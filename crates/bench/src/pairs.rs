@@ -72,9 +72,9 @@ pub fn side_by_side(left: &RgbImage, right: &RgbImage) -> RgbImage {
 const CLUTTER: (u32, u32) = (1600, 1200);
 const SMALL_SIDE: u32 = 480;
 
-/// A photo of a fruit in clutter: `fruit` shrunk to [`SMALL_SIDE`] px on its
+/// A photo of a fruit in clutter: `fruit` shrunk to 480 px on its
 /// longer side, placed at a position drawn from `seed`, on `clutter` (a
-/// photograph without fruit) scaled to [`CLUTTER`]: a shop photo seen from
+/// photograph without fruit) scaled to 1600 × 1200: a shop photo seen from
 /// afar, in a room, the way a phone photo holds a fruit among other things.
 pub fn in_clutter(fruit: &RgbImage, clutter: &RgbImage, seed: u64) -> RgbImage {
     let mut out = image::imageops::resize(clutter, CLUTTER.0, CLUTTER.1, FilterType::Triangle);
@@ -117,6 +117,18 @@ pub fn report(answers: &[PairAnswer]) -> PairsReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_photo_in_clutter_holds_the_fruit_small_somewhere_seeded() {
+        let fruit = RgbImage::from_pixel(300, 200, image::Rgb([250, 0, 0]));
+        let room = RgbImage::from_pixel(64, 48, image::Rgb([0, 0, 250]));
+        let photo = in_clutter(&fruit, &room, 7);
+        assert_eq!(photo.dimensions(), CLUTTER);
+        let red = photo.pixels().filter(|p| p.0[0] > 200).count() as u32;
+        assert_eq!(red, SMALL_SIDE * SMALL_SIDE * 2 / 3, "480 × 320 of fruit");
+        assert_eq!(in_clutter(&fruit, &room, 7), photo, "a function of the seed");
+        assert_ne!(in_clutter(&fruit, &room, 8), photo);
+    }
 
     #[test]
     fn pairs_are_of_different_kinds_and_deterministic() {

@@ -160,8 +160,12 @@ fn lite0_shapes_export_to_the_expected_graph() {
     }
     assert_eq!(
         graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
-        ["features", "logits"]
+        ["features", "logits", "cells"]
     );
+    // The feature map before pooling is the head's output, as pooled.
+    let cells = graph.node.iter().find(|n| n.output == ["cells"]).unwrap();
+    let pool = graph.node.iter().find(|n| n.op_type == "GlobalAveragePool").unwrap();
+    assert_eq!((cells.op_type.as_str(), &cells.input), ("Identity", &pool.input));
 }
 
 #[test]
