@@ -34,6 +34,15 @@ pub struct LearnOptions {
     pub localiser: fruits_bundle::localiser::LocaliserOptions,
 }
 
+impl LearnOptions {
+    /// The backgrounds the localiser's scenes are composed on, when these
+    /// options train one: with real photos (it is for real photos), scenes
+    /// asked for, and backgrounds given.
+    pub fn localiser_backgrounds<'a>(&self, photos: bool, backgrounds: Option<&'a str>) -> Option<&'a str> {
+        backgrounds.filter(|_| photos && self.localiser.scenes > 0)
+    }
+}
+
 impl Default for LearnOptions {
     /// Chosen on validation (docs/validation.md).
     fn default() -> Self {
@@ -324,16 +333,14 @@ pub async fn localiser_if_wanted(
     backgrounds: Option<&str>,
     opts: &LearnOptions,
 ) -> Result<Option<fruits_bundle::Localiser>, Error> {
-    if opts.localiser.scenes == 0 {
-        return Ok(None);
-    }
-    let Some(backgrounds) = backgrounds else {
-        tracing::warn!("no backgrounds (--backgrounds or FRUITS_BACKGROUNDS): the bundle gets no localiser");
+    let Some(backgrounds) = opts.localiser_backgrounds(true, backgrounds) else {
+        if opts.localiser.scenes > 0 {
+            tracing::warn!("no backgrounds (--backgrounds or FRUITS_BACKGROUNDS): the bundle gets no localiser");
+        }
         return Ok(None);
     };
-    let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
     let localiser =
-        crate::localise::train_localiser(model_dir, pca, &studio.paths, backgrounds, opts.localiser, &quiet).await?;
+        crate::localise::train_localiser(model_dir, pca, &studio.paths, backgrounds, opts.localiser).await?;
     if let Some(m) = &localiser.metrics {
         tracing::info!(
             recall = m.recall,
@@ -396,7 +403,7 @@ pub async fn train_bundle(
         if let Some(backgrounds) = opts.kinds.scene_backgrounds(p.backgrounds.as_deref())? {
             crate::kinds::check_backgrounds(backgrounds).await?;
         }
-        if let Some(backgrounds) = p.backgrounds.as_deref().filter(|_| opts.localiser.scenes > 0) {
+        if let Some(backgrounds) = opts.localiser_backgrounds(true, p.backgrounds.as_deref()) {
             crate::kinds::check_backgrounds(backgrounds).await?;
         }
         let installed = fruits_backbone::Backbone::shared(&p.model_dir)?

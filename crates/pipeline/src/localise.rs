@@ -6,8 +6,6 @@
 //! to ship back. The studio shots and the backgrounds are read through
 //! object storage like every input.
 
-use std::sync::Arc;
-
 use fruits_backbone::Backbone;
 use fruits_bundle::localiser::{fit, LocaliserOptions};
 use fruits_bundle::Localiser;
@@ -16,7 +14,7 @@ use fruits_preprocess::scene::Backgrounds;
 use fruits_storage::{Location, ObjectUri};
 use futures::{StreamExt, TryStreamExt};
 
-use crate::{Error, Progress};
+use crate::Error;
 
 /// Trains the localiser on scenes of studio shots taken evenly from
 /// `studio` (paths of the training split's images), on the photographs under
@@ -27,9 +25,7 @@ pub async fn train_localiser(
     studio: &[String],
     backgrounds: &str,
     opts: LocaliserOptions,
-    progress: &Arc<dyn Progress>,
 ) -> Result<Localiser, Error> {
-    progress.stage("train localiser");
     let files = fruits_storage::read_images(&Location::parse(backgrounds)?).await?;
     let bytes: Vec<_> = files.into_iter().map(|(_, b)| b).collect();
     let backgrounds = Backgrounds::decode(&bytes).map_err(|e| Error::NoBackgrounds(format!("{backgrounds}: {e}")))?;

@@ -141,7 +141,10 @@ pub async fn run(job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummar
     if let Some(backgrounds) = scene_backgrounds(job)? {
         check_backgrounds(backgrounds).await?;
     }
-    if let Some(backgrounds) = localiser_backgrounds(job) {
+    if let Some(backgrounds) = job
+        .learn
+        .localiser_backgrounds(!job.photos.is_empty(), job.backgrounds.as_deref())
+    {
         check_backgrounds(backgrounds).await?;
     }
     let opts = fruits_engine::EngineOptions {
@@ -160,13 +163,6 @@ fn scene_backgrounds(job: &RunJob) -> Result<Option<&str>, Error> {
         true => Ok(None),
         false => job.learn.kinds.scene_backgrounds(job.backgrounds.as_deref()),
     }
-}
-
-/// The backgrounds the localiser's scenes are composed on, when the job
-/// trains one (real photos, scenes asked for, backgrounds given).
-fn localiser_backgrounds(job: &RunJob) -> Option<&str> {
-    let wanted = !job.photos.is_empty() && job.learn.localiser.scenes > 0;
-    job.backgrounds.as_deref().filter(|_| wanted)
 }
 
 async fn run_with(ctx: &SessionContext, job: &RunJob, progress: &Arc<dyn Progress>) -> Result<RunSummary, Error> {

@@ -402,22 +402,28 @@ mod tests {
         assert!(used.iter().all(|&u| u), "every background is drawn");
     }
 
-    #[test]
-    fn the_mask_covers_the_fruit_and_its_cells_say_where() {
-        let scene = Scene {
+    /// A plain scene (the first background whole, no relighting, blur or
+    /// noise) of one copy of the fruit.
+    fn one_copy(copy: Copy) -> Scene {
+        Scene {
             background: 0,
             crop: (0.0, 0.0, 1.0),
             light: 1.0,
-            copies: vec![Copy {
-                x: 0.25,
-                y: 0.75,
-                side: 0.4,
-                angle: 0.0,
-            }],
+            copies: vec![copy],
             gain: [1.0; 3],
             blur: 0.0,
             noise: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn the_mask_covers_the_fruit_and_its_cells_say_where() {
+        let scene = one_copy(Copy {
+            x: 0.25,
+            y: 0.75,
+            side: 0.4,
+            angle: 0.0,
+        });
         let (_, mask) = scene.render_with_mask(&studio_shot(), &backgrounds(), "a");
         assert_eq!(mask.len(), (SIDE * SIDE) as usize);
         // The fruit's centre is covered, the far corner is not.
@@ -434,20 +440,12 @@ mod tests {
 
     #[test]
     fn the_fruit_lands_where_the_scene_puts_it_on_the_background() {
-        let scene = Scene {
-            background: 0,
-            crop: (0.0, 0.0, 1.0),
-            light: 1.0,
-            copies: vec![Copy {
-                x: 0.25,
-                y: 0.5,
-                side: 0.5,
-                angle: 1.0,
-            }],
-            gain: [1.0; 3],
-            blur: 0.0,
-            noise: 0,
-        };
+        let scene = one_copy(Copy {
+            x: 0.25,
+            y: 0.5,
+            side: 0.5,
+            angle: 1.0,
+        });
         let image = scene.render(&studio_shot(), &backgrounds(), "k");
         let at = |x: f32, y: f32| image.get_pixel((x * SIDE as f32) as u32, (y * SIDE as f32) as u32).0;
         let fruit = at(0.25 + 0.1, 0.5);
