@@ -35,8 +35,17 @@ build_release() {
   cargo build --release --locked -p fruits
 }
 
+# The int8 model is calibrated on a seeded sample of these training folders
+# (studio shots and real photos); without them only the fp32 model exists
+# and jobs need --precision fp32.
+FRUITS_CALIBRATION="${FRUITS_CALIBRATION:-../shared/fruits-360/Training:../shared/real-photos/grocery-store/train}"
 install_model() {
-  "$FRUITS_BIN" model install
+  local args=() dir
+  IFS=: read -ra dirs <<<"$FRUITS_CALIBRATION"
+  for dir in "${dirs[@]}"; do
+    if [ -d "$dir" ]; then args+=(--calibration "$dir"); fi
+  done
+  "$FRUITS_BIN" model install "${args[@]}"
 }
 
 # Photos without fruit for the "not a fruit" tests (scripts/non-fruit-photos).

@@ -29,6 +29,7 @@ pub struct ClusterBenchOptions {
     pub input_size: Option<u32>,
     pub rows_per_task: usize,
     pub model_dir: PathBuf,
+    pub precision: fruits_backbone::Precision,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -77,6 +78,7 @@ async fn one(opts: &ClusterBenchOptions, executors: usize) -> Result<ClusterRow,
         limit: opts.limit,
         input_size: opts.input_size,
         model_dir: opts.model_dir.clone(),
+        precision: opts.precision,
         rows_per_task: opts.rows_per_task,
         parallelism: executors * opts.slots,
         cluster: Some(format!("df://127.0.0.1:{port}")),

@@ -6,11 +6,13 @@
 //! featurize job on the in-process engine (listing, Parquet, engine overhead
 //! included), measured as process CPU time. The bare loop is an `ort` session
 //! built directly from the same ONNX file, fed the same prepared batches.
+//! Each precision asked for (fp32, int8) gets its rows in the same run, on
+//! the same images.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use fruits_backbone::Backbone;
+use fruits_backbone::{Backbone, Precision};
 use fruits_functions::featurize::INFERENCE_BATCH;
 use fruits_preprocess::Spec;
 use fruits_storage::{list_images, Location};
@@ -29,6 +31,7 @@ pub struct BenchOptions {
     pub input: String,
     pub images: usize,
     pub sizes: Vec<u32>,
+    pub precisions: Vec<Precision>,
     pub model_dir: std::path::PathBuf,
     pub scratch: std::path::PathBuf,
 }
@@ -36,6 +39,7 @@ pub struct BenchOptions {
 /// CPU milliseconds per image for each stage at one input size.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
+    pub precision: Precision,
     pub size: u32,
     pub images: usize,
     pub decode_ms: f64,
@@ -43,6 +47,8 @@ pub struct Row {
     pub normalize_ms: f64,
     pub inference_ms: f64,
     pub end_to_end_ms: f64,
+    /// Wall-clock throughput of the whole featurize job on every core.
+    pub end_to_end_images_per_s: f64,
     pub bare_ort_ms: f64,
 }
 
@@ -63,13 +69,15 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, Error> {
     for e in &entries {
         blobs.push(e.uri.read().await?);
     }
-    let backbone = Backbone::shared(&opts.model_dir)?;
     let mut rows = Vec::new();
-    for &size in &opts.sizes {
-        let mut row = stages(&backbone, &blobs, size)?;
-        row.bare_ort_ms = bare_ort(&backbone, &blobs, size)?;
-        row.end_to_end_ms = end_to_end(opts, size, blobs.len()).await?;
-        rows.push(row);
+    for &precision in &opts.precisions {
+        let backbone = Backbone::shared(&opts.model_dir, precision)?;
+        for &size in &opts.sizes {
+            let mut row = stages(&backbone, &blobs, size)?;
+            row.bare_ort_ms = bare_ort(&backbone, &blobs, size)?;
+            (row.end_to_end_ms, row.end_to_end_images_per_s) = end_to_end(opts, (size, precision), blobs.len()).await?;
+            rows.push(row);
+        }
     }
     Ok(rows)
 }
@@ -112,6 +120,7 @@ fn stages(backbone: &Backbone, blobs: &[bytes::Bytes], size: u32) -> Result<Row,
     }
     let inference_ms = per_image(t, n);
     Ok(Row {
+        precision: backbone.precision(),
         size,
         images: n,
         decode_ms,
@@ -119,6 +128,7 @@ fn stages(backbone: &Backbone, blobs: &[bytes::Bytes], size: u32) -> Result<Row,
         normalize_ms,
         inference_ms,
         end_to_end_ms: 0.0,
+        end_to_end_images_per_s: 0.0,
         bare_ort_ms: 0.0,
     })
 }
@@ -158,14 +168,19 @@ fn rt(e: impl std::fmt::Display) -> Error {
     Error::Setup(format!("bare ONNX Runtime: {e}"))
 }
 
-/// CPU time of the whole featurize job per image.
-async fn end_to_end(opts: &BenchOptions, size: u32, n: usize) -> Result<f64, Error> {
+/// CPU time of the whole featurize job per image, and its images per second.
+async fn end_to_end(opts: &BenchOptions, (size, precision): (u32, Precision), n: usize) -> Result<(f64, f64), Error> {
     let job = FeaturizeJob {
         input: opts.input.clone(),
-        output: opts.scratch.join(format!("bench-{size}")).display().to_string(),
+        output: opts
+            .scratch
+            .join(format!("bench-{precision}-{size}"))
+            .display()
+            .to_string(),
         limit: Some(n),
         input_size: Some(size),
         model_dir: opts.model_dir.clone(),
+        precision,
         rows_per_task: 64,
         parallelism: fruits_engine::cores(),
         cluster: None,
@@ -177,7 +192,7 @@ async fn end_to_end(opts: &BenchOptions, size: u32, n: usize) -> Result<f64, Err
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     fruits_pipeline::featurize::run(&job, &progress).await?; // warm-up: engine, sessions
-    let cpu = cpu_ms();
+    let (cpu, wall) = (cpu_ms(), Instant::now());
     fruits_pipeline::featurize::run(&job, &progress).await?;
-    Ok((cpu_ms() - cpu) / n as f64)
+    Ok(((cpu_ms() - cpu) / n as f64, n as f64 / wall.elapsed().as_secs_f64()))
 }

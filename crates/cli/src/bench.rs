@@ -22,6 +22,9 @@ pub enum BenchCommand {
         /// Input sides to compare.
         #[arg(long, value_delimiter = ',', default_value = "224,100")]
         sizes: Vec<u32>,
+        /// Precisions to compare (each needs its model installed).
+        #[arg(long, value_delimiter = ',', default_value = "fp32,int8")]
+        precisions: Vec<fruits_backbone::Precision>,
         /// Scratch folder for the end-to-end job's output.
         #[arg(long, default_value = "/tmp/fruits-bench")]
         scratch: PathBuf,
@@ -74,6 +77,8 @@ pub enum BenchCommand {
         json: bool,
         #[command(flatten)]
         model: ModelDirArg,
+        #[command(flatten)]
+        precision: crate::PrecisionArg,
     },
     /// Load test of `fruits serve` on 127.0.0.1: req/s and p50/p99 latency for studio shots and 12 MP photos.
     Serve(ServeBenchArgs),
@@ -154,6 +159,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             input,
             images,
             sizes,
+            precisions,
             scratch,
             json,
             model,
@@ -163,6 +169,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                     input,
                     images,
                     sizes,
+                    precisions,
                     model_dir: model.resolve(),
                     scratch,
                 },
@@ -186,6 +193,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             rows_per_task,
             json,
             model,
+            precision,
         } => {
             let binary = std::env::current_exe()?;
             let model_dir = model.resolve();
@@ -199,6 +207,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 input_size,
                 rows_per_task,
                 model_dir,
+                precision: precision.precision,
             };
             cluster(opts, json).await
         }
@@ -397,12 +406,22 @@ async fn featurize(opts: BenchOptions, json: bool) -> anyhow::Result<ExitCode> {
         opts.input
     );
     println!(
-        "{:>5} {:>8} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9}",
-        "size", "decode", "resize", "normalize", "inference", "end-to-end", "bare-ORT", "e2e/bare"
+        "{:>9} {:>5} {:>8} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9} {:>9}",
+        "precision",
+        "size",
+        "decode",
+        "resize",
+        "normalize",
+        "inference",
+        "end-to-end",
+        "bare-ORT",
+        "e2e/bare",
+        "images/s"
     );
     for r in &rows {
         println!(
-            "{:>5} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>11.2} {:>9.2} {:>9.2}",
+            "{:>9} {:>5} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>11.2} {:>9.2} {:>9.2} {:>9.1}",
+            r.precision.as_str(),
             r.size,
             r.decode_ms,
             r.resize_ms,
@@ -410,7 +429,8 @@ async fn featurize(opts: BenchOptions, json: bool) -> anyhow::Result<ExitCode> {
             r.inference_ms,
             r.end_to_end_ms,
             r.bare_ort_ms,
-            r.ratio()
+            r.ratio(),
+            r.end_to_end_images_per_s
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -118,7 +118,11 @@ pub async fn executor(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
     let tls = args.tls.load()?;
     let model_dir = args.model.resolve();
     // Fail at start, not at the first task, if this machine has no usable model.
-    fruits_backbone::Backbone::shared(&model_dir)?;
+    // Both installed precisions: a job may run either.
+    let fp32 = fruits_backbone::Backbone::shared(&model_dir, fruits_backbone::Precision::Fp32)?;
+    if fp32.manifest().int8.is_some() {
+        fruits_backbone::Backbone::shared(&model_dir, fruits_backbone::Precision::Int8)?;
+    }
     let scheduler = args
         .scheduler
         .to_socket_addrs()

@@ -50,6 +50,8 @@ pub struct JobArgs {
     max_object_bytes: u64,
     #[command(flatten)]
     model: ModelDirArg,
+    #[command(flatten)]
+    precision: crate::PrecisionArg,
 }
 
 impl JobArgs {
@@ -60,6 +62,7 @@ impl JobArgs {
             limit: self.limit,
             input_size: self.input_size,
             model_dir: self.model.resolve(),
+            precision: self.precision.precision,
             rows_per_task: self.rows_per_task,
             parallelism: self.parallelism.unwrap_or_else(fruits_engine::cores),
             cluster: self.cluster,

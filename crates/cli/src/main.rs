@@ -55,20 +55,38 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
-/// The model directory: the flag, else `$FRUITS_MODEL_DIR`, else the user cache.
+/// The model directory: the flag, else `$FRUITS_MODEL_DIR`, else the user
+/// cache; and the device its models run on.
 #[derive(clap::Args, Clone)]
 struct ModelDirArg {
     /// Installed model directory [default: $FRUITS_MODEL_DIR or ~/.cache/fruits/models/efficientnet-lite0]
     #[arg(long)]
     model_dir: Option<PathBuf>,
+    /// Run the model on: cpu, or cuda / cuda:N (needs a CUDA build of ONNX
+    /// Runtime; the pinned one is the CPU build, so sessions fail and say so).
+    #[arg(long, env = "FRUITS_DEVICE", default_value = "cpu")]
+    device: fruits_backbone::Device,
 }
 
 impl ModelDirArg {
+    /// The directory, with this process's sessions set to run on `--device`.
     fn resolve(&self) -> PathBuf {
+        if let Err(e) = fruits_backbone::use_device(self.device) {
+            tracing::error!("{e}");
+        }
         self.model_dir
             .clone()
             .unwrap_or_else(fruits_backbone::default_model_dir)
     }
+}
+
+/// Which installed model a job featurizes with.
+#[derive(clap::Args, Clone)]
+struct PrecisionArg {
+    /// int8 (the quantized model, made by `fruits model install --calibration`)
+    /// or fp32 (the converted float model).
+    #[arg(long, env = "FRUITS_PRECISION", default_value = "int8")]
+    precision: fruits_backbone::Precision,
 }
 
 fn main() -> ExitCode {

@@ -35,11 +35,20 @@ pub enum ModelCommand {
         /// Rebuild even if a valid installation is present.
         #[arg(long)]
         force: bool,
+        /// Also make the int8 model, calibrated on training images from this
+        /// folder (repeat it: studio shots and real photos, an equal share each).
+        #[arg(long = "calibration", value_name = "DIR")]
+        calibration: Vec<PathBuf>,
+        /// Images in the calibration set (a fixed, seeded sample of the folders).
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        calibration_images: u64,
     },
     /// Print the top ImageNet classes of each image: the check that the port is right.
     Imagenet {
         #[command(flatten)]
         dir: ModelDirArg,
+        #[command(flatten)]
+        precision: crate::PrecisionArg,
         /// One JSON object per line: {"path": ..., "top": [{"index", "label", "prob"}]}.
         #[arg(long)]
         json: bool,
@@ -64,6 +73,8 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             python,
             input_size,
             force,
+            calibration,
+            calibration_images,
         } => {
             let backbone = Weights::named(&backbone)?;
             let model_dir = model_dir.unwrap_or_else(|| match backbone.name {
@@ -91,26 +102,52 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 m.input.size,
                 m.runtime.version
             );
+            if !calibration.is_empty() {
+                install_int8(model_dir, calibration, calibration_images as usize, force).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         ModelCommand::Imagenet {
             dir,
+            precision,
             json,
             input_size,
             top,
             images,
-        } => imagenet(&dir.resolve(), json, input_size, top, &images).await,
+        } => imagenet((&dir.resolve(), precision.precision), json, input_size, top, &images).await,
     }
 }
 
+async fn install_int8(model_dir: PathBuf, folders: Vec<PathBuf>, images: usize, force: bool) -> anyhow::Result<()> {
+    use fruits_pipeline::calibration::{install, Int8Outcome};
+    let started = std::time::Instant::now();
+    let dir = model_dir.clone();
+    let outcome = tokio::task::spawn_blocking(move || install(&dir, &folders, images, force)).await??;
+    let (verb, m) = match &outcome {
+        Int8Outcome::Installed(m) => ("installed", m),
+        Int8Outcome::AlreadyInstalled(m) => ("already installed", m),
+    };
+    let q = m.int8.as_ref().context("the manifest records no int8 model")?;
+    println!(
+        "{} int8 {verb} in {} (onnx sha256 {}, calibrated on {} images, list sha256 {}, {:.1} s)",
+        m.model,
+        model_dir.display(),
+        fruits_common::short_digest(&q.sha256, 16),
+        q.calibration.images,
+        fruits_common::short_digest(&q.calibration.list_sha256, 16),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn imagenet(
-    dir: &std::path::Path,
+    (dir, precision): (&std::path::Path, fruits_backbone::Precision),
     json: bool,
     size: Option<u32>,
     k: usize,
     images: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let backbone = Backbone::shared(dir)?;
+    let backbone = Backbone::shared(dir, precision)?;
     let m = backbone.manifest();
     let spec = Spec {
         size: size.unwrap_or(m.input.size),

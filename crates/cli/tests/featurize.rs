@@ -369,3 +369,85 @@ fn two_jobs_into_one_output_two_seconds_apart_one_refuses_and_the_other_commits_
     let stdout = String::from_utf8_lossy(&trained.stdout);
     assert!(stdout.contains("trained on 500 rows of 5 classes"), "{stdout}");
 }
+
+#[test]
+#[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
+fn each_precision_is_recorded_and_a_bundle_never_reads_features_of_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    for class in ["Banana 1", "Lemon 1", "Strawberry 1"] {
+        link_class_images(class, 12, &input.join(class));
+    }
+    let manifest = fruits_backbone::Manifest::load(&fruits_backbone::default_model_dir()).unwrap();
+    let int8 = manifest
+        .int8
+        .as_ref()
+        .expect("scripts/test installs the int8 model (--calibration)");
+    let mut made = Vec::new();
+    for precision in ["fp32", "int8"] {
+        let out = tmp.path().join(precision);
+        run_ok(&mut featurize(&input, &out, &["--precision", precision]));
+        let model = &success_json(&out)["model"];
+        assert_eq!(model["precision"], precision);
+        made.push((out, model["onnx"]["sha256"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(made[0].1, manifest.onnx.sha256);
+    assert_eq!(made[1].1, int8.sha256);
+    // Features of one image, both precisions: close, not equal.
+    let (fp32, int8) = (feature_rows(&made[0].0), feature_rows(&made[1].0));
+    let by_path: std::collections::HashMap<_, _> = fp32.iter().map(|(p, _, f)| (p.clone(), f.clone())).collect();
+    for (path, _, q) in &int8 {
+        let f = &by_path[path];
+        let dot: f32 = f.iter().zip(q).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cosine = dot / (norm(f) * norm(q));
+        assert!(cosine > 0.9 && cosine < 0.99999, "{path}: cosine {cosine}");
+    }
+    // A bundle trained on fp32 features refuses int8 features, by name.
+    let trained = tmp.path().join("trained");
+    run_ok(
+        fruits()
+            .arg("train")
+            .arg("--features")
+            .arg(&made[0].0)
+            .arg("--output")
+            .arg(&trained),
+    );
+    let out = fruits()
+        .args(["evaluate", "--model"])
+        .arg(&trained)
+        .arg("--input")
+        .arg(&made[1].0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("another backbone"), "{stderr}");
+    // Given images, it featurizes them with its own precision, whatever the default.
+    let out = run_ok(
+        fruits()
+            .args(["evaluate", "--json", "--model"])
+            .arg(&trained)
+            .arg("--input")
+            .arg(&input)
+            .env("FRUITS_PRECISION", "int8"),
+    );
+    assert!(String::from_utf8(out.stdout).unwrap().contains("accuracy"));
+}
+
+#[test]
+#[ignore = "end-to-end: the installed model on the shared images; scripts/test runs it"]
+fn asking_for_a_gpu_without_one_fails_clearly_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = featurize(
+        &training().join("Banana 1"),
+        &tmp.path().join("o"),
+        &["--device", "cuda", "--limit", "4"],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("CUDA") && stderr.contains("--device cuda"), "{stderr}");
+    assert!(!tmp.path().join("o/_SUCCESS").exists());
+}

@@ -28,7 +28,7 @@ fn a_corrupt_onnx_file_is_reported_not_run() {
     std::fs::write(manifest.onnx_path(tmp.path()), b"not an onnx model").unwrap();
     let image = &class_images("Banana 1")[0];
     let out = fruits()
-        .args(["model", "imagenet", "--model-dir"])
+        .args(["model", "imagenet", "--precision", "fp32", "--model-dir"])
         .arg(tmp.path())
         .arg(image)
         .output()
@@ -54,7 +54,7 @@ fn a_runtime_library_or_wheel_one_byte_off_is_refused() {
     std::fs::write(manifest.library_path(&dir), &library).unwrap();
     let image = &class_images("Banana 1")[0];
     let out = fruits()
-        .args(["model", "imagenet", "--model-dir"])
+        .args(["model", "imagenet", "--precision", "fp32", "--model-dir"])
         .arg(&dir)
         .arg(image)
         .output()
@@ -132,7 +132,7 @@ fn lite2_installs_beside_lite0_and_names_lemons() {
     let lemons: Vec<_> = class_images("Lemon 1").into_iter().take(20).collect();
     let out = run_ok(
         fruits()
-            .args(["model", "imagenet", "--json", "--model-dir"])
+            .args(["model", "imagenet", "--json", "--precision", "fp32", "--model-dir"])
             .arg(&dir)
             .args(&lemons),
     );

@@ -39,6 +39,8 @@ pub struct FeaturizeJob {
     /// Square input side; `None` takes the manifest's.
     pub input_size: Option<u32>,
     pub model_dir: std::path::PathBuf,
+    /// Which of the installed models runs (the outputs record it).
+    pub precision: fruits_backbone::Precision,
     /// Images per manifest file, i.e. per engine task.
     pub rows_per_task: usize,
     pub parallelism: usize,
@@ -174,7 +176,9 @@ struct ModelRef {
 
 impl ModelRef {
     fn of(job: &FeaturizeJob) -> Result<Self, Error> {
-        let manifest = Backbone::shared(&job.model_dir)?.manifest().clone();
+        let backbone = Backbone::shared(&job.model_dir, job.precision)?;
+        backbone.ready()?;
+        let manifest = backbone.manifest().clone();
         let input_size = job.input_size.unwrap_or(manifest.input.size);
         Ok(Self { manifest, input_size })
     }

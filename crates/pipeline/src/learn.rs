@@ -327,7 +327,7 @@ pub async fn save_bundle(
 /// them on; without backgrounds the bundle has none and the service looks
 /// through its fixed grid, which is said in the log.
 pub async fn localiser_if_wanted(
-    model_dir: &std::path::Path,
+    model: (&std::path::Path, fruits_backbone::Precision),
     pca: &Pca,
     studio: &Rows,
     backgrounds: Option<&str>,
@@ -339,8 +339,7 @@ pub async fn localiser_if_wanted(
         }
         return Ok(None);
     };
-    let localiser =
-        crate::localise::train_localiser(model_dir, pca, &studio.paths, backgrounds, opts.localiser).await?;
+    let localiser = crate::localise::train_localiser(model, pca, &studio.paths, backgrounds, opts.localiser).await?;
     if let Some(m) = &localiser.metrics {
         tracing::info!(
             recall = m.recall,
@@ -406,7 +405,7 @@ pub async fn train_bundle(
         if let Some(backgrounds) = opts.localiser_backgrounds(true, p.backgrounds.as_deref()) {
             crate::kinds::check_backgrounds(backgrounds).await?;
         }
-        let installed = fruits_backbone::Backbone::shared(&p.model_dir)?
+        let installed = fruits_backbone::Backbone::shared_matching(&p.model_dir, &backbone.onnx.sha256)?
             .manifest()
             .onnx
             .sha256
@@ -470,7 +469,8 @@ async fn train_holding(
     let localiser = match (photos, &studio) {
         (Some(p), Some(studio)) => {
             let t = Instant::now();
-            let localiser = localiser_if_wanted(&p.model_dir, &pca, studio, p.backgrounds.as_deref(), opts).await?;
+            let model = (p.model_dir.as_path(), featurized.backbone.precision);
+            let localiser = localiser_if_wanted(model, &pca, studio, p.backgrounds.as_deref(), opts).await?;
             seconds.push(("localiser".to_string(), t.elapsed().as_secs_f64()));
             localiser
         }
@@ -479,7 +479,8 @@ async fn train_holding(
     let kind_head = match photos.zip(studio) {
         Some((p, studio)) => {
             let t = Instant::now();
-            let head = learn_kinds(cx, p, (&featurized.input, input_size), studio, &learned.classes, opts).await?;
+            let features = (featurized.input.as_str(), input_size, featurized.backbone.precision);
+            let head = learn_kinds(cx, p, features, studio, &learned.classes, opts).await?;
             seconds.push(("kind head".to_string(), t.elapsed().as_secs_f64()));
             Some(head)
         }
@@ -516,7 +517,7 @@ async fn train_holding(
 async fn learn_kinds(
     cx: &JobContext<'_>,
     photos: &TrainPhotos,
-    (train, input_size): (&str, u32),
+    (train, input_size, precision): (&str, u32, fruits_backbone::Precision),
     studio: Rows,
     classes: &[String],
     opts: &LearnOptions,
@@ -528,6 +529,7 @@ async fn learn_kinds(
         limit: None,
         input_size: Some(input_size),
         model_dir: photos.model_dir.clone(),
+        precision,
         rows_per_task: 256,
         parallelism: photos.parallelism,
         cluster: photos.cluster.clone(),
@@ -610,6 +612,7 @@ pub async fn evaluate_bundle(
                 limit: None,
                 input_size: Some(bundle.manifest.input_size),
                 model_dir: model_dir.to_path_buf(),
+                precision: bundle.manifest.backbone.precision,
                 rows_per_task: 256,
                 parallelism: opts.parallelism,
                 cluster: None,

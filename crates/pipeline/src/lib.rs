@@ -6,6 +6,7 @@
 //!   the engine, both classifiers trained and scored, bundle and report written.
 //! - [`learn`]: the stages `run`, `train`, `evaluate` and `validate` share.
 //! - [`validate`]: PCA size and classifier settings chosen on held-out index ranges.
+//! - [`calibration`]: the int8 model's calibration set and install step.
 //!
 //! The layout of an output folder and its commit rule are `fruits-output`'s;
 //! which engine runs a job is `fruits_engine::session`'s choice. Jobs report
@@ -13,6 +14,7 @@
 //!
 //! Must not depend on HTTP or the service: the service reads what jobs write.
 
+pub mod calibration;
 pub mod featurize;
 mod job;
 pub mod kinds;
@@ -48,6 +50,8 @@ pub enum Error {
     /// The training thread died (a panic in a classifier): a bug, said plainly.
     #[error("training failed: {0}")]
     Training(String),
+    #[error("calibration: {0}")]
+    Calibration(String),
     #[error("cannot make a scratch folder: {0}")]
     Scratch(std::io::Error),
     #[error("not a featurize output: {0}")]

@@ -18,9 +18,10 @@ use crate::Error;
 
 /// Trains the localiser on scenes of studio shots taken evenly from
 /// `studio` (paths of the training split's images), on the photographs under
-/// `backgrounds`.
+/// `backgrounds`, with the installed model of `precision` (the one the
+/// bundle's features came from).
 pub async fn train_localiser(
-    model_dir: &std::path::Path,
+    (model_dir, precision): (&std::path::Path, fruits_backbone::Precision),
     pca: &Pca,
     studio: &[String],
     backgrounds: &str,
@@ -40,7 +41,7 @@ pub async fn train_localiser(
         .into_iter()
         .filter_map(|(bytes, path)| Some((fruits_preprocess::decode(&bytes).ok()?, path)))
         .collect();
-    let backbone = Backbone::shared(model_dir)?;
+    let backbone = Backbone::shared(model_dir, precision)?;
     let pca = pca.clone();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     tokio::task::spawn_blocking(move || fit(&backbone, &pca, &shots, &backgrounds, &opts, threads))

@@ -225,8 +225,9 @@ async fn run_holding(
         true => None,
         false => {
             stages.start("train localiser", progress);
-            let (model_dir, studio) = (&job.featurize.model_dir, &projected.studio_features);
-            localiser_if_wanted(model_dir, &pca, studio, job.backgrounds.as_deref(), &job.learn).await?
+            let model = (job.featurize.model_dir.as_path(), job.featurize.precision);
+            let studio = &projected.studio_features;
+            localiser_if_wanted(model, &pca, studio, job.backgrounds.as_deref(), &job.learn).await?
         }
     };
     let mut kind_head = match projected.photos.is_empty() {

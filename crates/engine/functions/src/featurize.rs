@@ -146,7 +146,7 @@ impl ScalarUDFImpl for Featurize {
             ColumnarValue::Scalar(s) => s.to_string(),
             _ => return exec_err!("{NAME}: model_sha256 must be a constant"),
         };
-        let backbone = Backbone::shared(&self.model_dir).map_err(|e| exec_datafusion(e.to_string()))?;
+        let backbone = Backbone::shared_matching(&self.model_dir, &sha).map_err(|e| exec_datafusion(e.to_string()))?;
         if backbone.manifest().onnx.sha256 != sha {
             return exec_err!(
                 "{NAME}: the model in {} (sha256 {}) is not the job's model ({sha}); install the same model everywhere",

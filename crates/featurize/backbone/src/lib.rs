@@ -5,7 +5,10 @@
 //!   legacy PyTorch checkpoint to ONNX with our own code, write a [`Manifest`].
 //!   Every backbone it knows is pinned by sha256 ([`install::BACKBONES`]).
 //! - [`efficientnet`]: the architecture and the ONNX graph export.
-//! - [`runtime`]: run the model through ONNX Runtime, one pooled session per worker.
+//! - [`quantize`]: the int8 model, made from the fp32 one by our own code
+//!   (static QDQ, calibrated on images the caller prepares).
+//! - [`runtime`]: run the model through ONNX Runtime, one pooled session per worker,
+//!   at the [`Precision`] a job chose.
 //! - [`imagenet`]: class names and top-k decoding, to check the port on real photos.
 //!
 //! Preprocessing (decode, resize, normalise) is not here but in `fruits-preprocess`,
@@ -19,12 +22,13 @@ pub mod imagenet;
 pub mod install;
 pub mod manifest;
 pub mod onnx;
+pub mod quantize;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
 
-pub use manifest::Manifest;
-pub use runtime::{Backbone, Cells, Outputs};
+pub use manifest::{Manifest, Precision};
+pub use runtime::{use_device, Backbone, Cells, Device, Outputs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +42,10 @@ pub enum Error {
     Manifest(String),
     #[error("install failed: {0}")]
     Install(String),
+    #[error("{0}")]
+    NotQuantized(String),
+    #[error("quantization failed: {0}")]
+    Quantize(String),
     #[error("inference failed: {0}")]
     Runtime(String),
     #[error("{path}: {source}")]

@@ -7,9 +7,11 @@
 
 use prost::Message;
 
-/// `TensorProto.DataType.FLOAT`.
+/// `TensorProto.DataType` values we use.
 pub const FLOAT: i32 = 1;
-/// `TensorProto.DataType.INT64`.
+pub const UINT8: i32 = 2;
+pub const INT8: i32 = 3;
+pub const INT32: i32 = 6;
 pub const INT64: i32 = 7;
 
 /// `AttributeProto.AttributeType` values we use.
@@ -140,12 +142,43 @@ pub struct TensorProto {
 impl TensorProto {
     pub fn f32(name: &str, dims: &[usize], values: &[f32]) -> Self {
         let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::raw(name, dims, FLOAT, raw_data)
+    }
+
+    pub fn i8(name: &str, dims: &[usize], values: &[i8]) -> Self {
+        Self::raw(name, dims, INT8, values.iter().map(|&v| v as u8).collect())
+    }
+
+    pub fn u8(name: &str, dims: &[usize], values: &[u8]) -> Self {
+        Self::raw(name, dims, UINT8, values.to_vec())
+    }
+
+    pub fn i32(name: &str, dims: &[usize], values: &[i32]) -> Self {
+        let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::raw(name, dims, INT32, raw_data)
+    }
+
+    fn raw(name: &str, dims: &[usize], data_type: i32, raw_data: Vec<u8>) -> Self {
         Self {
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: FLOAT,
+            data_type,
             name: name.into(),
             raw_data,
         }
+    }
+
+    /// The values of a float tensor (`None` for another type or a short buffer).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        let len: i64 = self.dims.iter().product();
+        if self.data_type != FLOAT || self.raw_data.len() != 4 * len as usize {
+            return None;
+        }
+        Some(
+            self.raw_data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
     }
 }
 
@@ -195,6 +228,20 @@ pub enum Dim {
 }
 
 impl ValueInfoProto {
+    /// A float tensor of any shape (for exposing an inner value as an output).
+    pub fn f32_any(name: &str) -> Self {
+        let tensor_type = TensorTypeProto {
+            elem_type: FLOAT,
+            shape: None,
+        };
+        Self {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(tensor_type),
+            }),
+        }
+    }
+
     /// A float tensor with the given (partly symbolic) shape.
     pub fn f32_tensor(name: &str, dims: &[Dim]) -> Self {
         let dim = dims

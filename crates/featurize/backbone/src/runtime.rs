@@ -4,6 +4,10 @@
 //! caller takes one, runs a batch, puts it back, so each engine worker thread ends
 //! up with its own single-threaded session, created once and reused for the life of
 //! the process (the weights are loaded once per session, never per batch).
+//!
+//! A [`Backbone`] runs one [`Precision`]: its manifest is the one of that model
+//! ([`Manifest::at`]), so what a job records names the model that ran. Sessions
+//! run on the process's [`Device`], chosen once with [`use_device`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +18,53 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Precision};
 use crate::Error;
+
+/// Where sessions run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider on this GPU. It needs a CUDA
+    /// build of ONNX Runtime: the pinned library is the CPU one, so a session
+    /// then fails with an error that says so (never silently on the CPU).
+    Cuda(i32),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device '{s}': cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+static DEVICE: OnceLock<Device> = OnceLock::new();
+
+/// Chooses the device for every session of this process; call it before
+/// the first model runs. Choosing another device afterwards is an error.
+pub fn use_device(device: Device) -> Result<(), Error> {
+    let chosen = *DEVICE.get_or_init(|| device);
+    if chosen != device {
+        return Err(Error::Runtime(format!(
+            "this process already runs its models on {chosen:?}, not {device:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn device() -> Device {
+    *DEVICE.get_or_init(Device::default)
+}
 
 /// Outputs of one batch, row-major: `features` is `batch × features_dim`.
 #[derive(Debug, Clone)]
@@ -71,14 +120,15 @@ impl std::fmt::Debug for Backbone {
 }
 
 impl Backbone {
-    /// Loads and verifies `dir`; sessions run single-threaded (parallelism comes
-    /// from the engine running several partitions at once).
+    /// Loads and verifies the fp32 model of `dir`; sessions run single-threaded
+    /// (parallelism comes from the engine running several partitions at once).
     pub fn load(dir: &Path) -> Result<Self, Error> {
-        Self::load_with_threads(dir, 1)
+        Self::load_at(dir, Precision::Fp32, 1)
     }
 
-    pub fn load_with_threads(dir: &Path, intra_threads: usize) -> Result<Self, Error> {
-        let manifest = Manifest::load(dir)?;
+    /// Loads and verifies the model of `precision` in `dir`.
+    pub fn load_at(dir: &Path, precision: Precision, intra_threads: usize) -> Result<Self, Error> {
+        let manifest = Manifest::load(dir)?.at(precision)?;
         manifest.verify(dir)?;
         let library = manifest.library_path(dir);
         crate::install::check_library(&library)?;
@@ -95,23 +145,37 @@ impl Backbone {
         })
     }
 
-    /// The process-wide instance for `dir`, loaded on first use.
-    pub fn shared(dir: &Path) -> Result<Arc<Self>, Error> {
-        static CACHE: OnceLock<Mutex<HashMap<PathBuf, Arc<Backbone>>>> = OnceLock::new();
+    /// The process-wide instance of `dir`'s model of `precision`, loaded on first use.
+    pub fn shared(dir: &Path, precision: Precision) -> Result<Arc<Self>, Error> {
+        type Cache = Mutex<HashMap<(PathBuf, Precision), Arc<Backbone>>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
         let mut cache = CACHE
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = cache.get(dir) {
+        let key = (dir.to_path_buf(), precision);
+        if let Some(b) = cache.get(&key) {
             return Ok(b.clone());
         }
-        let b = Arc::new(Self::load(dir)?);
-        cache.insert(dir.to_path_buf(), b.clone());
+        let b = Arc::new(Self::load_at(dir, precision, 1)?);
+        cache.insert(key, b.clone());
         Ok(b)
+    }
+
+    /// The shared instance of the installed model whose sha256 is `sha256`,
+    /// whatever its precision; the fp32 one when none matches, for the caller
+    /// to compare and report the mismatch in its own terms.
+    pub fn shared_matching(dir: &Path, sha256: &str) -> Result<Arc<Self>, Error> {
+        let precision = Manifest::load(dir)?.precision_of(sha256).unwrap_or_default();
+        Self::shared(dir, precision)
     }
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.manifest.precision
     }
 
     /// The process's ONNX Runtime environment (for sessions built elsewhere, e.g. benchmarks).
@@ -192,13 +256,32 @@ impl Backbone {
         })
     }
 
+    /// Makes one session now (and keeps it for the next run): a model or
+    /// device that cannot run fails here, before a job starts, not per batch.
+    pub fn ready(&self) -> Result<(), Error> {
+        let session = self.take_session()?;
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(session);
+        Ok(())
+    }
+
     fn take_session(&self) -> Result<Session, Error> {
         if let Some(s) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(s);
         }
         let rt = |e: String| Error::Runtime(format!("cannot create an ONNX Runtime session: {e}"));
-        Session::builder(&self.env)
-            .map_err(|e| rt(e.to_string()))?
+        let builder = Session::builder(&self.env).map_err(|e| rt(e.to_string()))?;
+        let builder = match device() {
+            Device::Cpu => builder,
+            Device::Cuda(id) => builder
+                .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+                .map_err(|e| {
+                    Error::Runtime(format!(
+                        "cannot run on CUDA device {id}: {e} (the installed ONNX Runtime is the pinned CPU \
+                         build; run without --device cuda)"
+                    ))
+                })?,
+        };
+        builder
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| rt(e.to_string()))?
             .with_intra_threads(self.intra_threads)
@@ -211,7 +294,7 @@ impl Backbone {
 }
 
 /// The process's ORT environment, bound to the first library asked for.
-fn environment(library: &Path) -> Result<Environment, Error> {
+pub(crate) fn environment(library: &Path) -> Result<Environment, Error> {
     static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         if !library.is_file() {

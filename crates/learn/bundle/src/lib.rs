@@ -466,7 +466,7 @@ pub struct Predictor {
 
 impl Predictor {
     pub fn new(bundle: Bundle, model_dir: &std::path::Path) -> Result<Self, Error> {
-        let backbone = Backbone::shared(model_dir)?;
+        let backbone = Backbone::shared_matching(model_dir, &bundle.manifest.backbone.onnx.sha256)?;
         let (want, have) = (&bundle.manifest.backbone.onnx.sha256, &backbone.manifest().onnx.sha256);
         if want != have {
             return Err(Error::BackboneMismatch {
