@@ -328,9 +328,11 @@ fn two_jobs_into_one_output_two_seconds_apart_one_refuses_and_the_other_commits_
         link_class_images(class, 100, &input);
     }
     let out = tmp.path().join("out");
-    let first = featurize(&input, &out, &["--rows-per-task", "16"]).spawn().unwrap();
+    // fp32: the slower model keeps the first job running past two seconds.
+    let args = ["--rows-per-task", "16", "--precision", "fp32"];
+    let first = featurize(&input, &out, &args).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let second = featurize(&input, &out, &["--rows-per-task", "16"]).output().unwrap();
+    let second = featurize(&input, &out, &args).output().unwrap();
     let first = first.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let summary = success_json(&out);

@@ -100,11 +100,14 @@ fn held_out_photos_are_named_with_facts_in_english_and_french() {
 /// there). A floor is what every machine must reach, so top-1's sits 4 photos
 /// under CI's figure. With the localiser (the views where it finds fruit),
 /// here: top-1 84.6 %, top-3 98.1 %, confident 56.8 %, right when confident
-/// 97.8 %; the confident floor sits 3 photos under that.
+/// 97.8 %. With the int8 backbone (the default since issue 13), here:
+/// top-1 85.8 %, top-3 96.3 %, confident 54.9 %, right when confident
+/// 97.8 %; int8 kernels differ more between CPUs than fp32 ones, so the
+/// floors sit 5 to 8 photos under these.
 const VAL_TOP1: f64 = 0.82;
-const VAL_TOP3: f64 = 0.95;
-const VAL_RIGHT_WHEN_CONFIDENT: f64 = 0.97;
-const VAL_CONFIDENT: f64 = 0.55;
+const VAL_TOP3: f64 = 0.93;
+const VAL_RIGHT_WHEN_CONFIDENT: f64 = 0.95;
+const VAL_CONFIDENT: f64 = 0.50;
 /// Ceiling on the photos without fruit (scripts/non-fruit-photos, 33) named
 /// with confidence by the same model: none when set (2 of 33 when the whole
 /// photo alone answered).
