@@ -40,9 +40,9 @@ build_release() {
 # and jobs need --precision fp32.
 FRUITS_CALIBRATION="${FRUITS_CALIBRATION:-../shared/fruits-360/Training:../shared/real-photos/grocery-store/train}"
 install_model() {
-  local args=() dir
-  IFS=: read -ra dirs <<<"$FRUITS_CALIBRATION"
-  for dir in "${dirs[@]}"; do
+  local args=() dir folders
+  IFS=: read -ra folders <<<"$FRUITS_CALIBRATION"
+  for dir in "${folders[@]}"; do
     if [ -d "$dir" ]; then args+=(--calibration "$dir"); fi
   done
   "$FRUITS_BIN" model install "${args[@]}"

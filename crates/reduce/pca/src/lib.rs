@@ -48,6 +48,22 @@ pub struct Pca {
     pub explained_variance_ratio: Vec<f64>,
 }
 
+/// Up to this many rows are projected by [`Pca::project_few`].
+const FEW_ROWS: usize = 16;
+
+/// Dot product in eight lanes (so that it vectorises).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 impl Pca {
     /// Fraction of the variance the kept components explain.
     pub fn explained_variance(&self) -> f64 {
@@ -63,6 +79,9 @@ impl Pca {
             });
         }
         let n = rows.len() / self.dim;
+        if n <= FEW_ROWS {
+            return Ok(self.project_few(rows));
+        }
         let x = Mat::<f32>::from_fn(n, self.dim, |i, j| rows[i * self.dim + j] - self.mean[j]);
         let c = MatRef::from_row_major_slice(&self.components, self.k, self.dim);
         let mut out = Mat::<f32>::zeros(n, self.k);
@@ -71,6 +90,26 @@ impl Pca {
             .flat_map(|i| (0..self.k).map(move |j| (i, j)))
             .map(|(i, j)| out[(i, j)])
             .collect())
+    }
+
+    /// Dot products with each (contiguous) component row: for the few rows
+    /// of one photo, where a general matrix product spends more time packing
+    /// the `k × dim` components than multiplying (a third of a served
+    /// studio shot's own time, measured).
+    fn project_few(&self, rows: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(rows.len() / self.dim * self.k);
+        let mut centred = vec![0.0; self.dim];
+        for row in rows.chunks_exact(self.dim) {
+            for ((c, x), m) in centred.iter_mut().zip(row).zip(&self.mean) {
+                *c = x - m;
+            }
+            out.extend(
+                self.components
+                    .chunks_exact(self.dim)
+                    .map(|component| dot(&centred, component)),
+            );
+        }
+        out
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -92,3 +92,18 @@ fn too_few_rows_or_no_variance_are_errors() {
     m.add_rows(&[1.0, 2.0]);
     assert!(matches!(m.fit(Keep::Count(1)), Err(Error::NoVariance)));
 }
+
+#[test]
+fn a_few_rows_project_as_a_batch_does() {
+    let rows: Vec<f32> = (0..40 * 37).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect();
+    let mut m = Moments::new(37);
+    m.add_rows(&rows);
+    let pca = m.fit(Keep::Count(11)).unwrap();
+    let batch = pca.project(&rows).unwrap();
+    for (i, row) in rows.chunks(37).enumerate() {
+        let one = pca.project(row).unwrap();
+        for (a, b) in one.iter().zip(&batch[i * 11..(i + 1) * 11]) {
+            assert!((a - b).abs() < 1e-4, "row {i}: {a} against {b}");
+        }
+    }
+}
