@@ -6,6 +6,8 @@
 //! - [`cluster`]: the featurize job on local clusters of 1, 2, … executor
 //!   processes: images/s, speed-up, executor peak memory;
 //! - [`classify`]: training and prediction time of both classifiers;
+//! - [`decode`]: the pure-Rust JPEG decoders on 12 MP photos, as the service
+//!   needs them;
 //! - [`serve`]: a load test of the running service against direct calls;
 //! - [`photos`]: kind accuracy, confidence and latency on real photos;
 //! - [`scene`]: phone-like photos composed from studio shots, for the service
@@ -18,6 +20,7 @@
 
 pub mod classify;
 pub mod cluster;
+pub mod decode;
 pub mod featurize;
 pub mod labelled;
 pub mod pairs;

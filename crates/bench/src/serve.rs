@@ -60,8 +60,8 @@ pub struct Row {
 }
 
 /// A request body and what it shows.
-struct Case {
-    body: Bytes,
+pub(crate) struct Case {
+    pub(crate) body: Bytes,
     labels: Vec<String>,
 }
 
@@ -113,7 +113,7 @@ fn studio_cases(labelled: &[(String, PathBuf)], n: usize) -> Result<Vec<Case>, E
 
 /// 4032 × 3024 photos with `fruits` fruits of different kinds each; every
 /// other one stored sideways with an EXIF orientation, as phones do.
-fn photo_cases(labelled: &[(String, PathBuf)], n: usize, fruits: usize) -> Result<Vec<Case>, Error> {
+pub(crate) fn photo_cases(labelled: &[(String, PathBuf)], n: usize, fruits: usize) -> Result<Vec<Case>, Error> {
     let picks = spread(labelled, n * fruits + 7);
     let mut cases = Vec::new();
     for i in 0..n {

@@ -80,6 +80,18 @@ pub enum BenchCommand {
         #[command(flatten)]
         precision: crate::PrecisionArg,
     },
+    /// The pure-Rust JPEG decoders on composed 12 MP photos, each down to what the service needs.
+    Decode {
+        /// Studio shots the photos are composed from (`DIR/<label>/<image>`).
+        #[arg(long, default_value = "../shared/fruits-360/Training")]
+        images: PathBuf,
+        /// How many photos.
+        #[arg(long, default_value_t = 16)]
+        photos: usize,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load test of `fruits serve` on 127.0.0.1: req/s and p50/p99 latency for studio shots and 12 MP photos.
     Serve(ServeBenchArgs),
     /// How well a model names the kind of fruit in real photos (`DIR/<kind>/<photo>`): top-1/top-3, confident, latency.
@@ -210,6 +222,30 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 precision: precision.precision,
             };
             cluster(opts, json).await
+        }
+        BenchCommand::Decode { images, photos, json } => {
+            let opts = fruits_bench::decode::DecodeBenchOptions { images, photos };
+            let rows = tokio::task::spawn_blocking(move || fruits_bench::decode::run(&opts)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "decode benchmark: composed 4032×3024 JPEGs, one thread, to ≥ {} px on the shorter side",
+                    fruits_bench::decode::MIN_SIDE
+                );
+                println!(
+                    "{:<42} {:>6} {:>9} {:>9} {:>11}",
+                    "decoder", "photos", "mean ms", "max ms", "decoded"
+                );
+                for r in &rows {
+                    let decoded = format!("{}×{}", r.decoded.0, r.decoded.1);
+                    println!(
+                        "{:<42} {:>6} {:>9.1} {:>9.1} {:>11}",
+                        r.decoder, r.photos, r.mean_ms, r.max_ms, decoded
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Serve(args) => serve(args).await,
         BenchCommand::Photos(args) => photos(args).await,
