@@ -120,8 +120,9 @@ pub async fn executor(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
     // Fail at start, not at the first task, if this machine has no usable model.
     // Both installed precisions: a job may run either.
     let fp32 = fruits_backbone::Backbone::shared(&model_dir, fruits_backbone::Precision::Fp32)?;
+    fp32.ready()?;
     if fp32.manifest().int8.is_some() {
-        fruits_backbone::Backbone::shared(&model_dir, fruits_backbone::Precision::Int8)?;
+        fruits_backbone::Backbone::shared(&model_dir, fruits_backbone::Precision::Int8)?.ready()?;
     }
     let scheduler = args
         .scheduler

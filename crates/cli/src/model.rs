@@ -119,13 +119,13 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn install_int8(model_dir: PathBuf, folders: Vec<PathBuf>, images: usize, force: bool) -> anyhow::Result<()> {
-    use fruits_pipeline::calibration::{install, Int8Outcome};
+    use fruits_pipeline::calibration::install;
     let started = std::time::Instant::now();
     let dir = model_dir.clone();
     let outcome = tokio::task::spawn_blocking(move || install(&dir, &folders, images, force)).await??;
     let (verb, m) = match &outcome {
-        Int8Outcome::Installed(m) => ("installed", m),
-        Int8Outcome::AlreadyInstalled(m) => ("already installed", m),
+        Outcome::Installed(m) => ("installed", m),
+        Outcome::AlreadyInstalled(m) => ("already installed", m),
     };
     let q = m.int8.as_ref().context("the manifest records no int8 model")?;
     println!(

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fruits_backbone::install::{install_int8, installed_int8};
+use fruits_backbone::install::{install_int8, installed_int8, Outcome};
 use fruits_backbone::manifest::Calibration;
 use fruits_backbone::Manifest;
 use fruits_common::sha256_hex;
@@ -121,7 +121,11 @@ fn images_under(folder: &Path) -> Result<Vec<String>, Error> {
             let path = entry.map_err(|e| io(&dir, e))?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if is_image(&path) {
+            } else if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(fruits_storage::is_image_name)
+            {
                 let rel = path.strip_prefix(folder).expect("under the folder");
                 let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy()).collect();
                 out.push(parts.join("/"));
@@ -131,28 +135,16 @@ fn images_under(folder: &Path) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-fn is_image(path: &Path) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png" | "webp"))
-}
-
-/// Whether the int8 model was just made or was already there.
-#[derive(Debug)]
-pub enum Int8Outcome {
-    Installed(Manifest),
-    AlreadyInstalled(Manifest),
-}
-
 /// Makes the int8 model of the fp32 one installed in `model_dir`, calibrated
 /// on `count` images from `folders`; nothing to do if it is already there
 /// from the same set (unless `force`).
-pub fn install(model_dir: &Path, folders: &[PathBuf], count: usize, force: bool) -> Result<Int8Outcome, Error> {
+pub fn install(model_dir: &Path, folders: &[PathBuf], count: usize, force: bool) -> Result<Outcome, Error> {
     let fp32 = Manifest::load(model_dir)?;
     let set = CalibrationSet::choose(folders, count, SEED)?;
     let record = set.record(fp32.input.size);
     if !force {
         if let Some(m) = installed_int8(model_dir, &record) {
-            return Ok(Int8Outcome::AlreadyInstalled(m));
+            return Ok(Outcome::AlreadyInstalled(m));
         }
     }
     let spec = Spec {
@@ -162,7 +154,7 @@ pub fn install(model_dir: &Path, folders: &[PathBuf], count: usize, force: bool)
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let m = install_int8(model_dir, record, threads, set.batches(spec))?;
-    Ok(Int8Outcome::Installed(m))
+    Ok(Outcome::Installed(m))
 }
 
 #[cfg(test)]

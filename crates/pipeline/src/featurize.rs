@@ -177,7 +177,12 @@ struct ModelRef {
 impl ModelRef {
     fn of(job: &FeaturizeJob) -> Result<Self, Error> {
         let backbone = Backbone::shared(&job.model_dir, job.precision)?;
-        backbone.ready()?;
+        // In-process, the engine runs this backbone: a model or device that
+        // cannot run fails here, before any output is touched. On a cluster
+        // the executors made theirs when they started.
+        if job.cluster.is_none() {
+            backbone.ready()?;
+        }
         let manifest = backbone.manifest().clone();
         let input_size = job.input_size.unwrap_or(manifest.input.size);
         Ok(Self { manifest, input_size })

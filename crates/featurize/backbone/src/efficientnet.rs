@@ -175,13 +175,7 @@ impl<'a> GraphBuilder<'a> {
     }
 
     fn node(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) {
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.to_string()],
-            name: format!("{output}/{op}"),
-            op_type: op.into(),
-            attribute,
-        });
+        self.nodes.push(NodeProto::new(op, inputs, output, attribute));
     }
 
     /// One MBConv block; returns the output value name and its channel count.

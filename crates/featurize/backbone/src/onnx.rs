@@ -97,6 +97,19 @@ pub struct AttributeProto {
     pub r#type: i32,
 }
 
+impl NodeProto {
+    /// One node with one output, named after its output and operator.
+    pub fn new(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> Self {
+        Self {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            name: format!("{output}/{op}"),
+            op_type: op.into(),
+            attribute,
+        }
+    }
+}
+
 impl AttributeProto {
     pub fn int(name: &str, value: i64) -> Self {
         Self {

@@ -21,8 +21,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
 use ort::value::Tensor;
 
 use crate::onnx::{AttributeProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
@@ -119,7 +117,7 @@ where
     let input = graph(model)?.input[0].name.clone();
     let measured: Vec<&String> = sites.iter().filter(|s| **s != input).collect();
     let bytes = prost::Message::encode_to_vec(&calibration_model(model, &sites)?);
-    let mut session = session(env, threads, &bytes)?;
+    let mut session = crate::runtime::session(env, threads, &bytes)?;
     let rt = |e: ort::Error| Error::Runtime(e.to_string());
     let mut ranges: Ranges = measured
         .iter()
@@ -143,18 +141,6 @@ where
         return Err(Error::Quantize("the calibration set is empty".into()));
     }
     Ok(ranges)
-}
-
-fn session(env: &Environment, threads: usize, bytes: &[u8]) -> Result<Session, Error> {
-    let rt = |e: String| Error::Runtime(format!("cannot create an ONNX Runtime session: {e}"));
-    Session::builder(env)
-        .map_err(|e| rt(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| rt(e.to_string()))?
-        .with_intra_threads(threads)
-        .map_err(|e| rt(e.to_string()))?
-        .commit_from_memory(bytes)
-        .map_err(|e| rt(e.to_string()))
 }
 
 /// Scale and zero point of one activation.
@@ -291,13 +277,7 @@ impl QdqBuilder {
     }
 
     fn push(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) {
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.to_string()],
-            name: format!("{output}/{op}"),
-            op_type: op.into(),
-            attribute,
-        });
+        self.nodes.push(NodeProto::new(op, inputs, output, attribute));
     }
 
     /// Replaces the convolution's float weight and bias by dequantized int8

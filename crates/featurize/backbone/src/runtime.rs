@@ -268,29 +268,35 @@ impl Backbone {
         if let Some(s) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(s);
         }
-        let rt = |e: String| Error::Runtime(format!("cannot create an ONNX Runtime session: {e}"));
-        let builder = Session::builder(&self.env).map_err(|e| rt(e.to_string()))?;
-        let builder = match device() {
-            Device::Cpu => builder,
-            Device::Cuda(id) => builder
-                .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])
-                .map_err(|e| {
-                    Error::Runtime(format!(
-                        "cannot run on CUDA device {id}: {e} (the installed ONNX Runtime is the pinned CPU \
-                         build; run without --device cuda)"
-                    ))
-                })?,
-        };
-        builder
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| rt(e.to_string()))?
-            .with_intra_threads(self.intra_threads)
-            .map_err(|e| rt(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| rt(e.to_string()))?
-            .commit_from_memory(&self.model)
-            .map_err(|e| rt(e.to_string()))
+        session(&self.env, self.intra_threads, &self.model)
     }
+}
+
+/// A session of `model` on the process's device, fully optimised (which is
+/// what fuses a QDQ graph into integer kernels).
+pub(crate) fn session(env: &Environment, intra_threads: usize, model: &[u8]) -> Result<Session, Error> {
+    let rt = |e: String| Error::Runtime(format!("cannot create an ONNX Runtime session: {e}"));
+    let builder = Session::builder(env).map_err(|e| rt(e.to_string()))?;
+    let builder = match device() {
+        Device::Cpu => builder,
+        Device::Cuda(id) => builder
+            .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "cannot run on CUDA device {id}: {e} (the installed ONNX Runtime is the pinned CPU \
+                     build; run without --device cuda)"
+                ))
+            })?,
+    };
+    builder
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| rt(e.to_string()))?
+        .with_intra_threads(intra_threads)
+        .map_err(|e| rt(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| rt(e.to_string()))?
+        .commit_from_memory(model)
+        .map_err(|e| rt(e.to_string()))
 }
 
 /// The process's ORT environment, bound to the first library asked for.
