@@ -87,6 +87,7 @@ async fn one(opts: &ClusterBenchOptions, executors: usize) -> Result<ClusterRow,
         backgrounds: None,
         only: None,
         max_object_bytes: fruits_pipeline::featurize::MAX_OBJECT_BYTES,
+        incremental: None,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     let started = Instant::now();

@@ -189,6 +189,7 @@ async fn end_to_end(opts: &BenchOptions, (size, precision): (u32, Precision), n:
         backgrounds: None,
         only: None,
         max_object_bytes: fruits_pipeline::featurize::MAX_OBJECT_BYTES,
+        incremental: None,
     };
     let progress: Arc<dyn Progress> = Arc::new(NoProgress);
     fruits_pipeline::featurize::run(&job, &progress).await?; // warm-up: engine, sessions

@@ -19,6 +19,16 @@ pub struct FeaturizeArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Featurize every image, using nothing of earlier results. By default
+    /// only new and changed images are featurized: unchanged ones keep the
+    /// rows of the committed result (same path, etag, size, model, input
+    /// size and preprocessing), and a job that died is resumed.
+    #[arg(long, conflicts_with = "from")]
+    full: bool,
+    /// Take unchanged rows from this committed result (a featurize output or
+    /// feature store) instead of OUTPUT's own.
+    #[arg(long)]
+    from: Option<String>,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -71,12 +81,14 @@ impl JobArgs {
             backgrounds: None,
             only: None,
             max_object_bytes: self.max_object_bytes,
+            incremental: None,
         }
     }
 }
 
 pub async fn run(args: FeaturizeArgs) -> anyhow::Result<ExitCode> {
-    let job = args.job.featurize_job(args.input, args.output);
+    let mut job = args.job.featurize_job(args.input, args.output);
+    job.incremental = (!args.full).then_some(fruits_pipeline::incremental::Incremental { from: args.from });
     let bar = Arc::new(Bar::new());
     let progress: Arc<dyn Progress> = bar.clone();
     let summary = fruits_pipeline::featurize::run(&job, &progress).await;
@@ -99,6 +111,18 @@ fn print_summary(s: &Summary) {
         s.wall_ms as f64 / 1000.0,
         s.images_per_s,
         s.bytes_read as f64 / 1e6
+    );
+    let c = &s.changes;
+    println!(
+        "{} new, {} changed, {} deleted; {} unchanged rows carried over, {} resumed from a job that did not finish{}",
+        c.new,
+        c.changed,
+        c.deleted,
+        c.unchanged,
+        c.resumed,
+        c.recomputed_all
+            .as_ref()
+            .map_or(String::new(), |why| format!(" ({why})"))
     );
     println!(
         "stages: list {:.1} s, featurize+write {:.1} s, commit {:.1} s",
@@ -148,8 +172,9 @@ impl Progress for Bar {
     fn featurized(&self, done: usize, total: usize) {
         if self.0.length() != Some(total as u64) {
             self.0.set_length(total as u64);
-            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style =
+                ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, {elapsed} elapsed, eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar());
             self.0.set_style(style);
         }
         self.0.set_position(done as u64);

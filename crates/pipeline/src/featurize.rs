@@ -1,32 +1,41 @@
 //! The featurize job: list images → manifest → `featurize()` on the engine →
 //! `features/` and `errors/` Parquet → `_SUCCESS`.
 //!
-//! The client lists (streaming, page by page) and writes the listing as small
-//! Parquet manifest files under `OUTPUT/_temporary/JOB/`: one file is one task
-//! for the engine, which is where parallelism comes from. Executors read the
-//! image bytes and run the model; the client streams the results back and
-//! writes them, so that the output commit (see `fruits-output`) is ours.
+//! The client lists (streaming, page by page) and writes the objects to
+//! featurize as small Parquet manifest files under `OUTPUT/_temporary/JOB/`;
+//! objects an earlier result already holds are carried over instead (see
+//! [`crate::incremental`]). The manifest files go to the engine a group at a
+//! time, one query per group, two groups in flight: executors read the
+//! image bytes and run the model; the client writes each group's rows as
+//! soon as the group is done, as complete files (a *checkpoint*: a job that
+//! dies is resumed from them, and on a cluster the groups done are the
+//! progress). At the end the client assembles the result (carried rows and
+//! checkpoints; with `--sorted`, merged in path order) and commits it (see
+//! `fruits-output`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, FixedSizeListArray, Int32Array, RecordBatch, StringArray, StructArray,
+    ArrayRef, AsArray, FixedSizeListArray, Int32Array, RecordBatch, StringArray, StructArray, UInt64Array,
 };
-use datafusion::arrow::compute::{cast, filter, not};
+use datafusion::arrow::compute::{cast, concat_batches, filter, not, sort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::FunctionRegistry;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionContext};
 use fruits_backbone::{Backbone, Manifest};
 use fruits_functions::featurize::{features_type, StatsSnapshot, PROGRESS, STATS};
-use fruits_output as output;
+use fruits_output::{self as output, DataFile, Dataset, PartWriter};
 use fruits_storage::{list_images, ImageEntry, Location, ObjectUri};
+use futures::stream::BoxStream;
 use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
+use crate::incremental::{carried_rows, Changes, CommittedFiles, Computation, Fate, Incremental, Known};
 use crate::job::JobContext;
 use crate::{Error, Progress};
 
@@ -65,6 +74,9 @@ pub struct FeaturizeJob {
     /// Objects larger than this are not read: each becomes an `errors/` row
     /// at listing time (a 3 GB `x.jpg` must not take an executor's memory).
     pub max_object_bytes: u64,
+    /// Use the rows of earlier results again (unchanged objects, and what a
+    /// job that died finished); `None` featurizes everything (`--full`).
+    pub incremental: Option<Incremental>,
 }
 
 /// The default [`FeaturizeJob::max_object_bytes`]: far above any photo (a
@@ -88,7 +100,9 @@ pub struct Summary {
     pub output: String,
     pub engine: String,
     pub objects_listed: usize,
+    /// Images this job featurized (new, changed, or not finished before).
     pub featurized: usize,
+    /// Images this job found bad (error rows it made; carried ones are in `changes`).
     pub failed: usize,
     /// Size of the listed objects: each is read exactly once by an executor.
     pub bytes_read: u64,
@@ -104,6 +118,30 @@ pub struct Summary {
     pub input_size: u32,
     pub model: Manifest,
     pub files: Files,
+    /// Rows in path order (`--sorted`).
+    #[serde(default)]
+    pub sorted: bool,
+    /// What was featurized, carried over, resumed and dropped.
+    #[serde(default)]
+    pub changes: Changes,
+    #[serde(default)]
+    pub lineage: Lineage,
+}
+
+/// What a result was made from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Lineage {
+    /// sha256 of the listing (`path\tetag\tsize\n` per object, in listing order).
+    pub listing_sha256: String,
+    /// How every row was computed.
+    pub computation: Option<Computation>,
+    /// The result that unchanged rows were taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Jobs whose rows are in this result, this one included.
+    pub jobs: Vec<String>,
+    /// Every data file, with its row count and sha256.
+    pub files: Vec<DataFile>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -152,17 +190,23 @@ async fn featurize_into(
 ) -> Result<Summary, Error> {
     tracing::info!(job = %cx.id, input = %input.uri(), output = %cx.out.uri(), input_size = model.input_size, "featurize job");
     let staging = cx.scratch("_temporary");
-    let listing = list(cx, input, &staging, job, progress).await?;
-    // In-process, the executor's counter drives the bar; a remote cluster's does not reach us.
-    let quiet: Arc<dyn Progress> = Arc::new(crate::NoProgress);
-    let engine_progress = if job.cluster.is_none() { progress } else { &quiet };
-    let engine = featurize_and_write(cx, &listing, &model, job, engine_progress).await;
+    let mut known = match &job.incremental {
+        Some(incremental) => {
+            let committed = CommittedFiles::read(&cx.out).await?;
+            Known::read(&cx.out, incremental, &model.computation(), &committed).await?
+        }
+        None => Known::default(),
+    };
+    let listing = list(cx, input, &staging, job, &mut known, progress).await?;
+    let engine = featurize_and_write(cx, &listing, &model, job, progress).await;
     output::remove_prefix(&cx.out, &staging).await;
     let result = match engine {
-        Ok(engine) => finish(cx, job, input, model, listing, engine, started).await,
+        Ok(engine) => finish(cx, job, input, model, listing, known, engine, started).await,
         Err(e) => Err(e),
     };
-    if result.is_err() {
+    // The checkpoints of an incremental job stay for the next run to resume
+    // from (no `_SUCCESS` lists them, so readers never see them).
+    if result.is_err() && job.incremental.is_none() {
         cx.remove_unlisted(&["features", "errors"]).await;
     }
     result
@@ -187,70 +231,107 @@ impl ModelRef {
         let input_size = job.input_size.unwrap_or(manifest.input.size);
         Ok(Self { manifest, input_size })
     }
+
+    fn computation(&self) -> Computation {
+        Computation {
+            model_sha256: self.manifest.onnx.sha256.clone(),
+            precision: self.manifest.precision,
+            input_size: self.input_size,
+            preprocess: fruits_preprocess::VERSION,
+        }
+    }
 }
 
 /// The listing, written as manifest files: what the engine reads.
 struct Listing {
-    dir: Location,
+    /// The manifest files, one per task, in listing order.
+    files: Vec<String>,
+    /// Rows to featurize (views included).
     images: usize,
-    /// Size of the listed objects: each is read exactly once by an executor.
+    /// Size of the objects to read: each is read exactly once by an executor.
     bytes: u64,
     /// Objects listed but not read (over the size limit): `errors/` rows.
     refused: Vec<Refused>,
+    /// sha256 of `path\tetag\tsize\n` per listed object, in listing order.
+    sha256: String,
     ms: u64,
 }
 
-/// Lists the input into manifest files under the job's scratch folder
-/// (removed again when there is nothing to featurize).
+/// Lists the input into manifest files under the job's scratch folder.
 async fn list(
     cx: &JobContext<'_>,
     input: &Location,
     staging: &ObjectUri,
     job: &FeaturizeJob,
+    known: &mut Known,
     progress: &Arc<dyn Progress>,
 ) -> Result<Listing, Error> {
     let t = Instant::now();
     let dir = Location::parse(&format!("{staging}/manifest/"))?;
-    let (images, bytes, refused) = write_manifest(input, &dir, job, progress).await?;
-    if images == 0 {
+    let mut listing = write_manifest(input, &dir, job, known, progress).await?;
+    known.finish_listing();
+    if listing.images + known.carried() == 0 {
         output::remove_prefix(&cx.out, staging).await;
         return Err(Error::NoImages(input.uri()));
     }
-    Ok(Listing {
-        dir,
-        images,
-        bytes,
-        refused,
-        ms: t.elapsed().as_millis() as u64,
-    })
+    listing.ms = t.elapsed().as_millis() as u64;
+    Ok(listing)
 }
 
-/// Checks that every listed image became a row, commits the summary, then
-/// removes the files of earlier runs.
+/// Assembles the result, checks that every listed image became exactly one
+/// row, commits the summary, then removes the files of earlier runs.
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     cx: &JobContext<'_>,
     job: &FeaturizeJob,
     input: &Location,
     model: ModelRef,
     listing: Listing,
+    known: Known,
     engine: Engine,
     started: Instant,
 ) -> Result<Summary, Error> {
     let t_commit = Instant::now();
-    let Engine { outcome, worker_ms, ms } = engine;
-    // The refused objects' rows are among the errors, not in the manifest.
-    let written = outcome.features.1 + outcome.errors.1 - listing.refused.len();
-    if written != listing.images {
+    let Engine {
+        outcome,
+        worker_ms,
+        ms,
+        featurized,
+        failed,
+    } = engine;
+    let computation = model.computation();
+    let assembled = assemble(
+        cx,
+        job,
+        &computation,
+        &model.manifest.model,
+        &listing,
+        &known,
+        outcome.checkpoints,
+    )
+    .await?;
+    let written = assembled.features.rows + assembled.errors.rows - listing.refused.len();
+    let expected = listing.images + known.carried();
+    if written != expected {
         return Err(Error::Incomplete {
-            listed: listing.images,
+            listed: expected,
             written,
         });
     }
     let wall = started.elapsed();
     let files = Files {
-        features: outcome.features.0,
-        errors: outcome.errors.0,
+        features: assembled.features.uris(),
+        errors: assembled.errors.uris(),
     };
+    let all_files: Vec<DataFile> = assembled
+        .features
+        .files
+        .iter()
+        .chain(&assembled.errors.files)
+        .cloned()
+        .collect();
+    let mut jobs: BTreeSet<String> = assembled.jobs;
+    jobs.insert(cx.id.clone());
     let mut summary = Summary {
         job_id: cx.id.clone(),
         input: input.uri(),
@@ -259,9 +340,9 @@ async fn finish(
             .cluster
             .as_ref()
             .map_or("ballista-standalone".into(), |url| format!("ballista-cluster {url}")),
-        objects_listed: listing.images + listing.refused.len(),
-        featurized: outcome.features.1,
-        failed: outcome.errors.1,
+        objects_listed: expected + listing.refused.len(),
+        featurized,
+        failed: failed + listing.refused.len(),
         bytes_read: listing.bytes,
         wall_ms: wall.as_millis() as u64,
         images_per_s: listing.images as f64 / wall.as_secs_f64().max(1e-9),
@@ -275,6 +356,15 @@ async fn finish(
         input_size: model.input_size,
         model: model.manifest,
         files,
+        sorted: job.sorted,
+        changes: known.changes.clone(),
+        lineage: Lineage {
+            listing_sha256: listing.sha256.clone(),
+            computation: Some(computation),
+            from: job.incremental.as_ref().and_then(|i| i.from.clone()),
+            jobs: jobs.into_iter().collect(),
+            files: all_files,
+        },
     };
     summary.stages_ms.commit = t_commit.elapsed().as_millis() as u64;
     cx.commit(&summary).await?;
@@ -286,21 +376,271 @@ async fn finish(
         .cloned()
         .collect();
     cx.remove_stale(&["features", "errors"], &keep).await?;
+    // This job holds the output: any scratch there is its own or a dead job's.
+    output::remove_prefix(&cx.out, &cx.out.child("_temporary")).await;
     Ok(summary)
 }
 
-/// An object listed but not read, and why: an `errors/` row.
-type Refused = (String, String);
+/// The result's data files, and the jobs whose rows they hold.
+struct Assembled {
+    features: Dataset,
+    errors: Dataset,
+    jobs: BTreeSet<String>,
+}
 
-/// Streams the listing into manifest files of `rows_per_task` rows; returns
-/// the count and total size of the rows to featurize (each object is read
-/// once), and the objects refused at listing (over `max_object_bytes`).
+/// The job's id in a data file's name (`STEM-JOB-NNNNN.parquet`).
+fn job_of(uri: &str) -> Option<String> {
+    let name = uri.rsplit('/').next()?;
+    let mut parts = name.split('-');
+    parts.next()?;
+    parts.next().map(str::to_string)
+}
+
+/// Builds `features/` and `errors/` from the carried rows, the refused
+/// objects and this job's checkpoints. Unsorted, a file whose rows are all
+/// kept is kept as it is and the checkpoints are the result's files; sorted,
+/// every row is merged in path order into new files, so that the bytes
+/// depend on the rows alone (a rerun that carried rows over writes the same
+/// bytes as one from scratch).
+async fn assemble(
+    cx: &JobContext<'_>,
+    job: &FeaturizeJob,
+    computation: &Computation,
+    model: &str,
+    listing: &Listing,
+    known: &Known,
+    checkpoints: Checkpoints,
+) -> Result<Assembled, Error> {
+    let mut jobs = BTreeSet::new();
+    let mut out = Assembled {
+        features: Dataset::default(),
+        errors: Dataset::default(),
+        jobs: BTreeSet::new(),
+    };
+    for dir in ["features", "errors"] {
+        let schema = match (dir, job.views) {
+            ("errors", _) => errors_schema(),
+            (_, Some(_)) => view_features_schema(),
+            _ => features_schema(),
+        };
+        let mut whole = Vec::new();
+        let mut sources: Vec<BoxStream<'static, Result<RecordBatch, Error>>> = Vec::new();
+        for (k, source) in known.sources.iter().enumerate().filter(|(_, s)| s.dir == dir) {
+            let keep = &known.keep[k];
+            if keep.is_empty() {
+                continue;
+            }
+            jobs.extend(job_of(&source.uri.to_string()));
+            let in_place = source
+                .uri
+                .to_string()
+                .starts_with(&format!("{}/", cx.out.uri().trim_end_matches('/')));
+            if !job.sorted && in_place && keep.len() == source.rows {
+                whole.push(kept_whole(source).await?);
+                continue;
+            }
+            let rows = carried_rows(source, Some(Arc::new(keep.clone())));
+            sources.push(if job.sorted && !source.sorted {
+                sorted_stream(rows).await?
+            } else {
+                rows
+            });
+        }
+        if dir == "errors" && !listing.refused.is_empty() {
+            let refused = refused_batch(&listing.refused)?;
+            let refused = if job.sorted { sort_by_path(&refused)? } else { refused };
+            sources.push(futures::stream::once(async move { Ok(refused) }).boxed());
+        }
+        let done = match dir {
+            "features" => &checkpoints.features,
+            _ => &checkpoints.errors,
+        };
+        let metadata = computation.metadata(model);
+        let mut writer = cx.part_writer(dir, schema.clone(), metadata);
+        if job.sorted {
+            for file in &done.files {
+                let source = checkpoint_source(cx, dir, file)?;
+                sources.push(carried_rows(&source, None));
+            }
+            merge_sorted(sources, &mut writer).await?;
+            set(&mut out, dir, writer.finish().await?);
+        } else {
+            for mut source in sources {
+                while let Some(batch) = source.next().await {
+                    writer.write(&batch?).await?;
+                }
+            }
+            let mut files = whole;
+            files.extend(done.files.iter().cloned());
+            let rewritten = if writer.rows() > 0 || files.is_empty() {
+                writer.finish().await?.files
+            } else {
+                Vec::new()
+            };
+            files.extend(rewritten);
+            let rows = files.iter().map(|f| f.rows).sum();
+            set(&mut out, dir, Dataset { files, rows });
+        }
+    }
+    out.jobs = jobs;
+    Ok(out)
+}
+
+fn set(out: &mut Assembled, dir: &str, written: Dataset) {
+    match dir {
+        "features" => out.features = written,
+        _ => out.errors = written,
+    }
+}
+
+/// A checkpoint of this job as a source of rows (all of them).
+fn checkpoint_source(
+    cx: &JobContext<'_>,
+    dir: &'static str,
+    file: &DataFile,
+) -> Result<crate::incremental::Source, Error> {
+    Ok(crate::incremental::Source {
+        uri: ObjectUri::parse(&file.uri)?,
+        store: Arc::clone(&cx.out.store),
+        dir,
+        rows: file.rows,
+        committed: false,
+        sorted: true,
+        sha256: Some(file.sha256.clone()),
+    })
+}
+
+/// A data file kept as it is: its sha256 from the `_SUCCESS` that listed it,
+/// or read again (a dead job's checkpoint).
+async fn kept_whole(source: &crate::incremental::Source) -> Result<DataFile, Error> {
+    let sha256 = match &source.sha256 {
+        Some(sha) => sha.clone(),
+        None => {
+            let get = source
+                .store
+                .get(&source.uri.path)
+                .await
+                .map_err(|e| source.uri.err(e))?;
+            let bytes = get.bytes().await.map_err(|e| source.uri.err(e))?;
+            fruits_common::sha256_hex(&bytes)
+        }
+    };
+    Ok(DataFile {
+        uri: source.uri.to_string(),
+        rows: source.rows,
+        sha256,
+    })
+}
+
+/// `rows` sorted by path, in memory (a source that was written unsorted).
+async fn sorted_stream(
+    rows: BoxStream<'static, Result<RecordBatch, Error>>,
+) -> Result<BoxStream<'static, Result<RecordBatch, Error>>, Error> {
+    let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(rows).await?;
+    let Some(first) = batches.first() else {
+        return Ok(futures::stream::empty().boxed());
+    };
+    let all = sort_by_path(&concat_batches(&first.schema(), &batches)?)?;
+    Ok(futures::stream::once(async move { Ok(all) }).boxed())
+}
+
+fn sort_by_path(batch: &RecordBatch) -> Result<RecordBatch, Error> {
+    let paths = batch.column_by_name("path").expect("rows have a path");
+    let order = sort_to_indices(paths, None, None)?;
+    Ok(take_record_batch(batch, &order)?)
+}
+
+/// Writes the rows of `sources`, each in path order, merged in path order.
+/// Holds one batch per source.
+async fn merge_sorted(
+    sources: Vec<BoxStream<'static, Result<RecordBatch, Error>>>,
+    writer: &mut PartWriter,
+) -> Result<(), Error> {
+    let mut cursors = Vec::with_capacity(sources.len());
+    for stream in sources {
+        let mut cursor = Cursor {
+            stream,
+            batch: None,
+            row: 0,
+        };
+        cursor.fill().await?;
+        cursors.push(cursor);
+    }
+    loop {
+        let mut live: Vec<(usize, &str)> = cursors
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| c.path().map(|p| (k, p)))
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        live.sort_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
+        let first = live[0].0;
+        let bound = live.get(1).map(|(_, p)| p.to_string());
+        let cursor = &mut cursors[first];
+        let batch = cursor.batch.clone().expect("a live cursor holds a batch");
+        let paths = batch
+            .column_by_name("path")
+            .expect("rows have a path")
+            .as_string::<i32>();
+        let mut end = cursor.row + 1;
+        while end < batch.num_rows() && bound.as_deref().is_none_or(|b| paths.value(end) <= b) {
+            end += 1;
+        }
+        writer.write(&batch.slice(cursor.row, end - cursor.row)).await?;
+        cursor.row = end;
+        cursor.fill().await?;
+    }
+}
+
+/// A position in one sorted source.
+struct Cursor {
+    stream: BoxStream<'static, Result<RecordBatch, Error>>,
+    batch: Option<RecordBatch>,
+    row: usize,
+}
+
+impl Cursor {
+    /// Moves to the next row, reading batches as needed; `batch` is `None` at the end.
+    async fn fill(&mut self) -> Result<(), Error> {
+        while self.batch.as_ref().is_none_or(|b| self.row >= b.num_rows()) {
+            match self.stream.next().await {
+                Some(batch) => {
+                    self.batch = Some(batch?);
+                    self.row = 0;
+                }
+                None => {
+                    self.batch = None;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn path(&self) -> Option<&str> {
+        let batch = self.batch.as_ref()?;
+        let paths = batch.column_by_name("path")?.as_string::<i32>();
+        Some(paths.value(self.row))
+    }
+}
+
+/// An object listed but not read, and why: an `errors/` row (path, etag,
+/// size, why).
+type Refused = (String, Option<String>, u64, String);
+
+/// Streams the listing into manifest files of `rows_per_task` rows, leaving
+/// out what `known` carries over; returns the listing with the count and
+/// total size of the rows to featurize (each object is read once), and the
+/// objects refused at listing (over `max_object_bytes`).
 async fn write_manifest(
     input: &Location,
     staging: &Location,
     job: &FeaturizeJob,
+    known: &mut Known,
     progress: &Arc<dyn Progress>,
-) -> Result<(usize, u64, Vec<Refused>), Error> {
+) -> Result<Listing, Error> {
     let limit = job.limit.unwrap_or(usize::MAX);
     let views = job.views.map_or(0, |v| v.per_image);
     let rows_per_image = views.max(1);
@@ -310,12 +650,14 @@ async fn write_manifest(
     let mut parts = ManifestParts {
         staging,
         views,
-        written: 0,
+        files: Vec::new(),
         rows: 0,
         bytes: 0,
     };
+    let mut digest = Sha256::new();
     let mut refused = Vec::new();
     let mut chunk = Vec::with_capacity(per_task);
+    let mut listed = 0;
     while let Some(item) = listing.next().await {
         match item {
             Ok(entry)
@@ -323,31 +665,51 @@ async fn write_manifest(
                     .only
                     .as_ref()
                     .is_some_and(|only| !only.contains(&entry.uri.to_string())) => {}
-            Ok(entry) if entry.size > job.max_object_bytes => {
-                refused.push((entry.uri.to_string(), too_large(entry.size, job.max_object_bytes)));
+            Ok(entry) => {
+                listed += 1;
+                let uri = entry.uri.to_string();
+                let etag = entry.etag.as_deref().unwrap_or("");
+                digest.update(format!("{uri}\t{etag}\t{}\n", entry.size).as_bytes());
+                if entry.size > job.max_object_bytes {
+                    let why = too_large(entry.size, job.max_object_bytes);
+                    refused.push((uri, entry.etag, entry.size, why));
+                } else if let Fate::Featurize = known.fate(&entry) {
+                    chunk.push(entry);
+                }
             }
-            Ok(entry) => chunk.push(entry),
-            Err(fruits_storage::Error::Unlisted { uri, reason }) => refused.push((uri, reason)),
+            Err(fruits_storage::Error::Unlisted { uri, reason }) => refused.push((uri, None, 0, reason)),
             Err(e) => return Err(e.into()),
         }
         if chunk.len() == per_task {
             parts.write(&mut chunk).await?;
-            progress.listed(parts.rows);
+        }
+        if listed % 1000 == 0 {
+            progress.listed(listed);
         }
     }
     if !chunk.is_empty() {
         parts.write(&mut chunk).await?;
-        progress.listed(parts.rows);
     }
-    let (count, total_bytes) = (parts.rows, parts.bytes);
-    Ok((count, total_bytes, refused))
+    progress.listed(listed);
+    Ok(Listing {
+        files: parts.files,
+        images: parts.rows,
+        bytes: parts.bytes,
+        refused,
+        sha256: hex(&digest.finalize()),
+        ms: 0,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The manifest files written so far: one per engine task.
 struct ManifestParts<'a> {
     staging: &'a Location,
     views: u32,
-    written: usize,
+    files: Vec<String>,
     /// Rows to featurize (views included), and the bytes they read.
     rows: usize,
     bytes: u64,
@@ -359,9 +721,9 @@ impl ManifestParts<'_> {
         let per_image = self.views.max(1);
         self.rows += chunk.len() * per_image as usize;
         self.bytes += chunk.iter().map(|e| e.size).sum::<u64>() * u64::from(per_image);
-        let file = self.staging.child(&format!("part-{:05}.parquet", self.written));
+        let file = self.staging.child(&format!("part-{:05}.parquet", self.files.len()));
         output::put(&self.staging.store, &file, manifest_parquet(chunk, self.views)?).await?;
-        self.written += 1;
+        self.files.push(file.to_string());
         chunk.clear();
         Ok(())
     }
@@ -377,11 +739,20 @@ fn too_large(size: u64, limit: u64) -> String {
 
 /// The refused objects as rows of [`errors_schema`].
 fn refused_batch(refused: &[Refused]) -> Result<RecordBatch, Error> {
-    let paths = StringArray::from_iter_values(refused.iter().map(|(p, _)| p.as_str()));
-    let errors = StringArray::from_iter_values(refused.iter().map(|(_, e)| e.as_str()));
+    let paths = StringArray::from_iter_values(refused.iter().map(|r| r.0.as_str()));
+    let etags: StringArray = refused.iter().map(|r| r.1.as_deref()).collect();
+    let sizes = UInt64Array::from_iter_values(refused.iter().map(|r| r.2));
+    let errors = StringArray::from_iter_values(refused.iter().map(|r| r.3.as_str()));
+    let digests = StringArray::new_null(refused.len());
     Ok(RecordBatch::try_new(
         errors_schema(),
-        vec![Arc::new(paths), Arc::new(errors)],
+        vec![
+            Arc::new(paths),
+            Arc::new(errors),
+            Arc::new(etags),
+            Arc::new(sizes),
+            Arc::new(digests),
+        ],
     )?)
 }
 
@@ -393,6 +764,8 @@ fn manifest_schema(views: bool) -> SchemaRef {
     if views {
         fields.push(Field::new("view", DataType::Int32, false));
     }
+    fields.push(Field::new("etag", DataType::Utf8, true));
+    fields.push(Field::new("size", DataType::UInt64, false));
     Arc::new(Schema::new(fields))
 }
 
@@ -411,6 +784,11 @@ fn manifest_parquet(entries: &[ImageEntry], views: u32) -> Result<Vec<u8>, Error
     if views > 0 {
         columns.push(Arc::new(Int32Array::from_iter_values(rows.iter().map(|(_, v)| *v))));
     }
+    let etags: StringArray = rows.iter().map(|(e, _)| e.etag.as_deref()).collect();
+    columns.push(Arc::new(etags));
+    columns.push(Arc::new(UInt64Array::from_iter_values(
+        rows.iter().map(|(e, _)| e.size),
+    )));
     let batch = RecordBatch::try_new(manifest_schema(views > 0), columns)?;
     let mut bytes = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), None)?;
@@ -419,8 +797,24 @@ fn manifest_parquet(entries: &[ImageEntry], views: u32) -> Result<Vec<u8>, Error
     Ok(bytes)
 }
 
+/// The columns that say what a row was made from: the object (`etag`,
+/// `size` as listed, `sha256` of the bytes read) and the computation.
+fn identity_fields() -> Vec<Field> {
+    vec![
+        Field::new("etag", DataType::Utf8, true),
+        Field::new("size", DataType::UInt64, false),
+        Field::new("sha256", DataType::Utf8, true),
+        Field::new("model_sha256", DataType::Utf8, false),
+        Field::new("precision", DataType::Utf8, false),
+        Field::new("input_size", DataType::Int32, false),
+        Field::new("preprocess", DataType::Int32, false),
+    ]
+}
+
 pub fn features_schema() -> SchemaRef {
-    Arc::new(Schema::new(features_fields()))
+    let mut fields = features_fields();
+    fields.extend(identity_fields());
+    Arc::new(Schema::new(fields))
 }
 
 fn features_fields() -> Vec<Field> {
@@ -441,22 +835,24 @@ pub fn view_order() -> Vec<datafusion::logical_expr::SortExpr> {
 pub fn view_features_schema() -> SchemaRef {
     let mut fields = features_fields();
     fields.push(Field::new("view", DataType::Int32, false));
+    fields.extend(identity_fields());
     Arc::new(Schema::new(fields))
 }
 
+/// Error rows: the object, why, and what it was (`sha256` set when the
+/// bytes were read: the image itself is bad).
 pub fn errors_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, false),
+        Field::new("etag", DataType::Utf8, true),
+        Field::new("size", DataType::UInt64, false),
+        Field::new("sha256", DataType::Utf8, true),
     ]))
 }
 
-type Written = (Vec<String>, usize);
-
-/// Rows per partition of the output sort, at most (≈ 5 KiB each).
-const ROWS_PER_SORT_PARTITION: usize = 10_000;
-
-/// Featurizes the listing on the engine and writes `features/` and `errors/`.
+/// Featurizes the listing on the engine, a group of tasks per query, and
+/// writes each group's rows as soon as it is done: the job's checkpoints.
 async fn featurize_and_write(
     cx: &JobContext<'_>,
     listing: &Listing,
@@ -465,30 +861,90 @@ async fn featurize_and_write(
     progress: &Arc<dyn Progress>,
 ) -> Result<Engine, Error> {
     let t = Instant::now();
-    let sorted = job.sorted;
     let before = STATS.snapshot();
-    let ctx = cx.ctx;
-    let listed = listing.images;
-    let manifest = &model.manifest;
-    let input_size = model.input_size;
-    if sorted {
-        // The sort's tasks hold one range partition each: enough partitions
-        // keep those small (the final merge still reads them all, see `sorted`).
-        let partitions = ctx
-            .copied_config()
-            .target_partitions()
-            .max(listed.div_ceil(ROWS_PER_SORT_PARTITION));
-        ctx.sql(&format!("SET datafusion.execution.target_partitions = {partitions}"))
-            .await?;
+    let total = listing.images;
+    let computation = model.computation();
+    let metadata = computation.metadata(&model.manifest.model);
+    let schema = match job.views {
+        Some(_) => view_features_schema(),
+        None => features_schema(),
+    };
+    let mut features = cx.part_writer("features", schema, metadata.clone()).with_stem("chunk");
+    let mut errors = cx.part_writer("errors", errors_schema(), metadata).with_stem("chunk");
+    let start = PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
+    // In-process, the executor's counter moves the bar between groups.
+    let ticker = job
+        .cluster
+        .is_none()
+        .then(|| progress_ticker(Arc::clone(progress), start, total));
+    let mut workers = BTreeSet::new();
+    let per_query = tasks_per_query(job);
+    let queries: Vec<Vec<String>> = listing.files.chunks(per_query).map(<[String]>::to_vec).collect();
+    let mut results = futures::stream::iter(queries.into_iter().map(|files| run_query(cx.ctx, files, model, job)))
+        .buffered(QUERIES_IN_FLIGHT);
+    let mut done = 0;
+    let mut outcome = Ok(());
+    while let Some(batches) = results.next().await {
+        outcome = write_group(
+            batches,
+            &computation,
+            job.sorted,
+            &mut features,
+            &mut errors,
+            &mut workers,
+        )
+        .await;
+        if outcome.is_err() {
+            break;
+        }
+        done = features.rows() + errors.rows();
+        if job.cluster.is_some() {
+            progress.featurized(done, total);
+        }
     }
-    // A trailing slash makes the engine read the folder, not one file.
-    let folder = format!("{}/", listing.dir.uri());
-    let table = ctx.read_parquet(folder, ParquetReadOptions::default()).await?;
+    drop(ticker);
+    drop(results);
+    // What is written stays written: the rows of finished groups are complete files.
+    let features = features.close().await?;
+    let errors = errors.close().await?;
+    outcome?;
+    progress.featurized(done, total);
+    Ok(Engine {
+        featurized: features.rows,
+        failed: errors.rows,
+        outcome: Outcome {
+            checkpoints: Checkpoints { features, errors },
+            workers,
+        },
+        worker_ms: STATS.snapshot().since(&before),
+        ms: t.elapsed().as_millis() as u64,
+    })
+}
+
+/// Engine queries running at once: while the client writes one group's
+/// rows, and while the last tasks of one group run, the next one starts.
+const QUERIES_IN_FLIGHT: usize = 2;
+
+/// Manifest files (tasks) per query: four per task slot, so that a group
+/// keeps every slot busy and a checkpoint comes every few tasks per slot.
+fn tasks_per_query(job: &FeaturizeJob) -> usize {
+    (job.parallelism * 4).max(1)
+}
+
+/// One group of manifest files through `featurize()`: its rows, in memory
+/// (a group is a few thousand rows).
+async fn run_query(
+    ctx: &SessionContext,
+    files: Vec<String>,
+    model: &ModelRef,
+    job: &FeaturizeJob,
+) -> Result<Vec<RecordBatch>, Error> {
+    let table = ctx.read_parquet(files, ParquetReadOptions::default()).await?;
     let udf = ctx.udf(fruits_functions::featurize::NAME)?;
     let mut args = vec![
         col("path"),
-        lit(i64::from(input_size)),
-        lit(manifest.onnx.sha256.clone()),
+        lit(i64::from(model.input_size)),
+        lit(model.manifest.onnx.sha256.clone()),
     ];
     let mut columns = vec![col("path"), col("label")];
     if let Some(views) = job.views {
@@ -501,49 +957,45 @@ async fn featurize_and_write(
     if job.views.is_some() {
         columns.push(col("view"));
     }
-    let mut df = table.select(columns)?;
-    if sorted {
-        df = df.sort(vec![col("path").sort(true, false)])?;
-    }
-    let metadata = vec![
-        KeyValue::new("fruits.model".into(), manifest.model.clone()),
-        KeyValue::new("fruits.model_sha256".into(), manifest.onnx.sha256.clone()),
-        KeyValue::new("fruits.input_size".into(), input_size.to_string()),
-    ];
-    let schema = match job.views {
-        Some(_) => view_features_schema(),
-        None => features_schema(),
-    };
-    let mut features = cx.part_writer("features", schema, metadata.clone());
-    let mut errors = cx.part_writer("errors", errors_schema(), metadata);
-    if !listing.refused.is_empty() {
-        errors.write(&refused_batch(&listing.refused)?).await?;
-    }
+    columns.extend([col("etag"), col("size")]);
+    Ok(table.select(columns)?.collect().await?)
+}
 
-    let start = PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
-    let ticker = progress_ticker(Arc::clone(progress), start, listed);
-    let mut workers = BTreeSet::new();
-    let mut stream = df.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        let result: &StructArray = batch.column(2).as_struct();
+/// Writes one group's rows (sorted by path with `--sorted`) and closes the
+/// files: a checkpoint.
+async fn write_group(
+    batches: Result<Vec<RecordBatch>, Error>,
+    computation: &Computation,
+    sorted: bool,
+    features: &mut PartWriter,
+    errors: &mut PartWriter,
+    workers: &mut BTreeSet<String>,
+) -> Result<(), Error> {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for batch in batches? {
+        let result: &StructArray = batch.column_by_name("r").expect("the function's column").as_struct();
         workers.extend(result.column(2).as_string::<i32>().iter().flatten().map(str::to_string));
-        let (ok, bad) = split(&batch)?;
-        features.write(&ok).await?;
-        errors.write(&bad).await?;
+        let (ok, failed) = split(&batch, computation)?;
+        good.push(ok);
+        bad.push(failed);
     }
-    drop(ticker);
-    progress.featurized(listed, listed);
-    let outcome = Outcome {
-        features: features.finish().await?,
-        errors: errors.finish().await?,
-        workers,
-    };
-    Ok(Engine {
-        outcome,
-        worker_ms: STATS.snapshot().since(&before),
-        ms: t.elapsed().as_millis() as u64,
-    })
+    for (rows, writer, schema) in [(good, &mut *features, None), (bad, &mut *errors, Some(errors_schema()))] {
+        let Some(schema) = schema.or_else(|| rows.first().map(RecordBatch::schema)) else {
+            continue;
+        };
+        let all = concat_batches(&schema, &rows)?;
+        let all = if sorted { sort_by_path(&all)? } else { all };
+        writer.write(&all).await?;
+        writer.checkpoint().await?;
+    }
+    Ok(())
+}
+
+/// This job's checkpoints: the rows it featurized, in complete files.
+struct Checkpoints {
+    features: Dataset,
+    errors: Dataset,
 }
 
 /// The engine stage's outcome, its workers' time, and its wall time.
@@ -551,17 +1003,18 @@ struct Engine {
     outcome: Outcome,
     worker_ms: StatsSnapshot,
     ms: u64,
+    featurized: usize,
+    failed: usize,
 }
 
 /// What the engine run wrote, and which worker processes did it.
 struct Outcome {
-    features: Written,
-    errors: Written,
+    checkpoints: Checkpoints,
     workers: BTreeSet<String>,
 }
 
 /// Polls the process-wide counter while the engine works (the in-process
-/// executor updates it; the engine hands results back only at the end).
+/// executor updates it; rows come back a group at a time).
 fn progress_ticker(progress: Arc<dyn Progress>, start: u64, total: usize) -> Ticker {
     Ticker(tokio::spawn(async move {
         loop {
@@ -583,13 +1036,18 @@ impl Drop for Ticker {
     }
 }
 
-/// Splits engine output rows into the features and errors batches.
-fn split(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch), Error> {
-    let path = cast(batch.column(0), &DataType::Utf8)?;
-    let label = cast(batch.column(1), &DataType::Utf8)?;
-    let result: &StructArray = batch.column(2).as_struct();
+/// Splits engine output rows into the features and errors batches, each
+/// with the columns that say what it was made from.
+fn split(batch: &RecordBatch, computation: &Computation) -> Result<(RecordBatch, RecordBatch), Error> {
+    let column = |name: &str| batch.column_by_name(name).expect("the query's columns");
+    let path = cast(column("path"), &DataType::Utf8)?;
+    let label = cast(column("label"), &DataType::Utf8)?;
+    let etag = cast(column("etag"), &DataType::Utf8)?;
+    let size = cast(column("size"), &DataType::UInt64)?;
+    let result: &StructArray = column("r").as_struct();
     let feats: &FixedSizeListArray = result.column(0).as_fixed_size_list();
     let error = result.column(1);
+    let digest = result.column(3);
     let failed = datafusion::arrow::compute::is_not_null(error)?;
     let ok = not(&failed)?;
 
@@ -603,16 +1061,47 @@ fn split(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch), Error> {
         None,
     )?;
     let mut good: Vec<ArrayRef> = vec![filter(&path, &ok)?, filter(&label, &ok)?, Arc::new(dense)];
-    let schema = match batch.num_columns() {
-        4 => {
-            good.push(filter(&cast(batch.column(3), &DataType::Int32)?, &ok)?);
+    let schema = match batch.column_by_name("view") {
+        Some(view) => {
+            good.push(filter(&cast(view, &DataType::Int32)?, &ok)?);
             view_features_schema()
         }
-        _ => features_schema(),
+        None => features_schema(),
     };
-    let bad: Vec<ArrayRef> = vec![filter(&path, &failed)?, filter(error.as_ref(), &failed)?];
+    let n = good[0].len();
+    good.extend([filter(&etag, &ok)?, filter(&size, &ok)?, filter(digest.as_ref(), &ok)?]);
+    good.extend(computation_columns(computation, n));
+    let bad: Vec<ArrayRef> = vec![
+        filter(&path, &failed)?,
+        filter(error.as_ref(), &failed)?,
+        filter(&etag, &failed)?,
+        filter(&size, &failed)?,
+        filter(digest.as_ref(), &failed)?,
+    ];
     Ok((
         RecordBatch::try_new(schema, good)?,
         RecordBatch::try_new(errors_schema(), bad)?,
     ))
+}
+
+/// The computation's columns for `n` rows (constant: Parquet stores each in a few bytes).
+fn computation_columns(c: &Computation, n: usize) -> Vec<ArrayRef> {
+    vec![
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            c.model_sha256.as_str(),
+            n,
+        ))),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            c.precision.as_str(),
+            n,
+        ))),
+        Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(
+            c.input_size as i32,
+            n,
+        ))),
+        Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(
+            c.preprocess as i32,
+            n,
+        ))),
+    ]
 }

@@ -538,6 +538,7 @@ async fn learn_kinds(
         backgrounds: None,
         only: None,
         max_object_bytes: crate::featurize::MAX_OBJECT_BYTES,
+        incremental: None,
     };
     let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
     let featurized = async {
@@ -621,6 +622,7 @@ pub async fn evaluate_bundle(
                 backgrounds: None,
                 only: None,
                 max_object_bytes: crate::featurize::MAX_OBJECT_BYTES,
+                incremental: None,
             };
             let quiet: std::sync::Arc<dyn crate::Progress> = std::sync::Arc::new(crate::NoProgress);
             crate::featurize::run_on(&ctx, &job, &quiet).await?;

@@ -16,6 +16,7 @@
 
 pub mod calibration;
 pub mod featurize;
+pub mod incremental;
 mod job;
 pub mod kinds;
 pub mod learn;

@@ -316,6 +316,8 @@ async fn featurize_splits(
             input: input.clone(),
             output: work(cx, &split),
             views,
+            // Fresh scratch: nothing earlier to use again.
+            incremental: None,
             ..job.featurize.clone()
         };
         featurized.insert(split.to_string(), run_on(cx.ctx, &fj, progress).await?);
@@ -466,7 +468,7 @@ async fn project_and_write(
     let [train_features, test_features, photos] = features;
     let studio_features = studio_sample(&train_features, job.learn.kinds.studio_per_class);
     drop(train_features);
-    let (files, _) = writer.finish().await?;
+    let files = writer.finish().await?.uris();
     Ok(Projected {
         files,
         train,
@@ -558,7 +560,7 @@ async fn write_errors(cx: &JobContext<'_>, job: &RunJob) -> Result<Vec<String>, 
             writer.write(&conform(&batch, &schema)?).await?;
         }
     }
-    Ok(writer.finish().await?.0)
+    Ok(writer.finish().await?.uris())
 }
 
 fn metrics(learned: &Learned, test: &Rows, pca: &Pca, scored: &[(Scored, f64)], default_classifier: &str) -> Metrics {

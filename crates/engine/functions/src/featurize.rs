@@ -8,10 +8,11 @@
 //! featurizes the `view`-th seeded training *scene* of each studio shot
 //! instead (`fruits_preprocess::scene`: the fruit cut out and placed on one of
 //! the photographs under the `backgrounds` URI, which each executor reads
-//! once). Each returns, per row, a struct `{features, error, worker}`: the
-//! 1280-d backbone vector (null for a bad image), why this image could not be
-//! featurized (null for a good one), and the `host:pid` of the executor that
-//! did the work. A bad image
+//! once). Each returns, per row, a struct `{features, error, worker, sha256}`:
+//! the 1280-d backbone vector (null for a bad image), why this image could not
+//! be featurized (null for a good one), the `host:pid` of the executor that
+//! did the work, and the sha256 of the bytes read (null when none could be
+//! read): what the row was computed from. A bad image
 //! is a value, never a failed task: one corrupt file must not kill a job.
 //!
 //! The bytes are read here, on the executor, not on the client. The model is the
@@ -63,6 +64,7 @@ pub fn result_fields() -> Fields {
         Field::new("features", features_type(), true),
         Field::new("error", DataType::Utf8, true),
         Field::new("worker", DataType::Utf8, false),
+        Field::new("sha256", DataType::Utf8, true),
     ])
 }
 
@@ -159,8 +161,8 @@ impl ScalarUDFImpl for Featurize {
             mean: backbone.manifest().input.mean,
             std: backbone.manifest().input.std,
         };
-        let results = featurize_paths(&backbone, paths, views.as_ref(), &spec)?;
-        Ok(ColumnarValue::Array(to_struct_array(results)?))
+        let (results, digests) = featurize_paths(&backbone, paths, views.as_ref(), &spec)?;
+        Ok(ColumnarValue::Array(to_struct_array(results, digests)?))
     }
 }
 
@@ -264,7 +266,7 @@ fn featurize_paths(
     paths: &StringArray,
     views: Option<&Views>,
     spec: &Spec,
-) -> Result<Vec<RowResult>> {
+) -> Result<(Vec<RowResult>, Vec<Option<String>>)> {
     let uris: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_string)).collect();
     let look_of = |row: usize| match views {
         Some(v) => v.look(paths, row),
@@ -274,6 +276,8 @@ fn featurize_paths(
     let mut reading = windows.first().cloned().map(start_reads);
 
     let mut results: Vec<RowResult> = Vec::with_capacity(uris.len());
+    // The sha256 of each object's bytes, hashed here because they are read here anyway.
+    let mut digests: Vec<Option<String>> = Vec::with_capacity(uris.len());
     let mut pending: Vec<usize> = Vec::new();
     let mut input: Vec<f32> = Vec::new();
     for next in windows.iter().skip(1).map(Some).chain([None]) {
@@ -289,6 +293,7 @@ fn featurize_paths(
         for content in contents {
             let t = Instant::now();
             let row = results.len();
+            digests.push(content.as_ref().ok().map(|b| fruits_common::sha256_hex(b)));
             let prepared = content.and_then(|bytes| {
                 STATS.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let key = if paths.is_valid(row) { paths.value(row) } else { "" };
@@ -317,7 +322,7 @@ fn featurize_paths(
     }
     infer(backbone, &mut input, &mut pending, spec, &mut results)?;
     STATS.images.fetch_add(results.len() as u64, Ordering::Relaxed);
-    Ok(results)
+    Ok((results, digests))
 }
 
 /// Runs the pending images through the model and fills their rows.
@@ -347,7 +352,7 @@ fn infer(
     Ok(())
 }
 
-fn to_struct_array(results: Vec<RowResult>) -> Result<ArrayRef> {
+fn to_struct_array(results: Vec<RowResult>, digests: Vec<Option<String>>) -> Result<ArrayRef> {
     let dim = FEATURES_DIM as usize;
     let mut values = Vec::with_capacity(results.len() * dim);
     let mut valid = Vec::with_capacity(results.len());
@@ -375,7 +380,13 @@ fn to_struct_array(results: Vec<RowResult>) -> Result<ArrayRef> {
     )?;
     let errors = StringArray::from(errors);
     let workers = StringArray::from_iter_values(std::iter::repeat_n(worker_id(), results.len()));
-    let columns: Vec<ArrayRef> = vec![Arc::new(features), Arc::new(errors), Arc::new(workers)];
+    let digests = StringArray::from(digests);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(features),
+        Arc::new(errors),
+        Arc::new(workers),
+        Arc::new(digests),
+    ];
     let array = StructArray::try_new(result_fields(), columns, None)?;
     Ok(Arc::new(array))
 }

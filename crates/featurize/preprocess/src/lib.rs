@@ -34,6 +34,12 @@ use fast_image_resize::{self as fir, ResizeAlg, ResizeOptions, Resizer};
 pub use image::RgbImage;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
+/// The version of what [`prepare`] computes from bytes. Recorded with every
+/// feature row, so that a change here (decoder, resize filter, crop,
+/// normalisation) makes incremental jobs recompute, exactly as a new model
+/// does. Raise it with any change that can move a feature.
+pub const VERSION: u32 = 1;
+
 /// Decoding refuses images above this many pixels (a 12 MP photo is 12e6).
 pub const MAX_PIXELS: u64 = 64_000_000;
 

@@ -231,6 +231,10 @@ pub struct ImageEntry {
     pub uri: ObjectUri,
     pub label: String,
     pub size: u64,
+    /// What the store says identifies this version of the object (S3's
+    /// ETag; for a local file its inode, modification time and size): a
+    /// different tag means the bytes may have changed.
+    pub etag: Option<String>,
 }
 
 /// The names of the folders directly under `location`, sorted (one
@@ -317,6 +321,7 @@ pub fn list_images(location: &Location) -> BoxStream<'static, Result<ImageEntry,
                     uri,
                     label,
                     size: meta.size,
+                    etag: meta.e_tag,
                 }))
             }
         })
@@ -374,8 +379,8 @@ fn local_image(entry: &walkdir::DirEntry) -> Option<Result<ImageEntry, Error>> {
             }))
         }
     };
-    let size = match entry.metadata() {
-        Ok(m) => m.len(),
+    let (size, etag) = match entry.metadata() {
+        Ok(m) => (m.len(), local_etag(&m)),
         Err(e) => return Some(Err(unlisted(&e))),
     };
     let uri = ObjectUri {
@@ -383,7 +388,25 @@ fn local_image(entry: &walkdir::DirEntry) -> Option<Result<ImageEntry, Error>> {
         path,
     };
     let label = uri.parent_name()?;
-    Some(Ok(ImageEntry { uri, label, size }))
+    Some(Ok(ImageEntry {
+        uri,
+        label,
+        size,
+        etag: Some(etag),
+    }))
+}
+
+/// A local file's version tag, as `object_store`'s local store makes it:
+/// inode, modification time (µs) and size, in hex. A file rewritten or
+/// replaced gets another; one only read keeps it.
+fn local_etag(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let micros = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_micros());
+    format!("{:x}-{micros:x}-{:x}", meta.ino(), meta.len())
 }
 
 fn unlisted(e: &walkdir::Error) -> Error {

@@ -22,20 +22,17 @@
 //! one version of each), through `object_store`.
 
 mod lease;
+mod parts;
+mod read;
 
 pub use lease::{this_process, Holder, Lease, LEASE, TTL};
+pub use parts::{DataFile, Dataset, PartWriter, WRITE_CHUNK};
+pub use read::ObjectReader;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::metadata::KeyValue;
-use datafusion::parquet::file::properties::WriterProperties;
 use fruits_storage::{Location, ObjectUri};
 use futures::TryStreamExt;
-use object_store::buffered::BufWriter;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,6 +43,8 @@ pub enum Error {
     Storage(#[from] fruits_storage::Error),
     #[error("parquet: {0}")]
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
     /// `_SUCCESS` is there but does not hold what the reader expects.
     #[error("{uri} is not the summary expected here: {cause}")]
     Summary { uri: String, cause: String },
@@ -142,95 +141,6 @@ fn collect_strings(value: &serde_json::Value, into: &mut Vec<String>) {
         serde_json::Value::Array(items) => items.iter().for_each(|v| collect_strings(v, into)),
         serde_json::Value::Object(map) => map.values().for_each(|v| collect_strings(v, into)),
         _ => {}
-    }
-}
-
-/// A Parquet dataset written as numbered files `DIR/part-JOB-NNNNN.parquet`.
-pub struct PartWriter {
-    out: Location,
-    dir: String,
-    job: String,
-    schema: SchemaRef,
-    metadata: Vec<KeyValue>,
-    current: Option<(AsyncArrowWriter<BufWriter>, usize)>,
-    files: Vec<String>,
-    rows: usize,
-    rows_per_file: usize,
-}
-
-impl PartWriter {
-    pub fn new(out: &Location, dir: &str, job: &str, schema: SchemaRef, metadata: Vec<KeyValue>) -> Self {
-        Self {
-            out: out.clone(),
-            dir: dir.into(),
-            job: job.into(),
-            schema,
-            metadata,
-            current: None,
-            files: Vec::new(),
-            rows: 0,
-            rows_per_file: ROWS_PER_FILE,
-        }
-    }
-
-    /// Starts a new file after `rows` rows instead of [`ROWS_PER_FILE`].
-    pub fn with_rows_per_file(mut self, rows: usize) -> Self {
-        self.rows_per_file = rows.max(1);
-        self
-    }
-
-    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|(_, rows)| *rows >= self.rows_per_file)
-        {
-            self.close_current().await?;
-        }
-        if self.current.is_none() {
-            self.current = Some((self.open()?, 0));
-        }
-        let (writer, rows) = self.current.as_mut().expect("opened above");
-        writer.write(batch).await?;
-        *rows += batch.num_rows();
-        self.rows += batch.num_rows();
-        Ok(())
-    }
-
-    fn open(&mut self) -> Result<AsyncArrowWriter<BufWriter>, Error> {
-        let uri = self.out.child(&format!(
-            "{}/part-{}-{:05}.parquet",
-            self.dir,
-            self.job,
-            self.files.len()
-        ));
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .set_key_value_metadata(Some(self.metadata.clone()))
-            .build();
-        let sink = BufWriter::new(Arc::clone(&self.out.store), uri.path.clone());
-        self.files.push(uri.to_string());
-        Ok(AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(props))?)
-    }
-
-    async fn close_current(&mut self) -> Result<(), Error> {
-        if let Some((writer, _)) = self.current.take() {
-            writer.close().await?;
-        }
-        Ok(())
-    }
-
-    /// Finishes the last file; returns the URIs written and the row count.
-    /// An empty dataset still gets one (empty) file, so readers see its schema.
-    pub async fn finish(mut self) -> Result<(Vec<String>, usize), Error> {
-        if self.files.is_empty() {
-            self.current = Some((self.open()?, 0));
-        }
-        self.close_current().await?;
-        Ok((self.files, self.rows))
     }
 }
 

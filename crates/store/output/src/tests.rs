@@ -47,7 +47,7 @@ async fn a_rerun_replaces_the_files_and_success_is_written_last() {
     // An earlier run, committed.
     let mut first = PartWriter::new(&out, "features", "job1", batch(1).schema(), vec![]);
     first.write(&batch(10)).await.unwrap();
-    let (old_files, _) = first.finish().await.unwrap();
+    let old_files = first.finish().await.unwrap().uris();
     commit(
         &out,
         &Summary {
@@ -62,7 +62,8 @@ async fn a_rerun_replaces_the_files_and_success_is_written_last() {
     // whole until the new _SUCCESS replaces it.
     let mut second = PartWriter::new(&out, "features", "job2", batch(1).schema(), vec![]);
     second.write(&batch(5)).await.unwrap();
-    let (new_files, rows) = second.finish().await.unwrap();
+    let written = second.finish().await.unwrap();
+    let (new_files, rows) = (written.uris(), written.rows);
     assert_eq!(rows, 5);
     assert_eq!(names(&out).await.len(), 3);
     assert_eq!(committed_files(&out, "features").await.unwrap(), old_files);
@@ -166,11 +167,12 @@ async fn part_files_roll_over_at_the_row_limit() {
         writer.write(&batch(4)).await.unwrap();
     }
     writer.write(&batch(0)).await.unwrap();
-    let (files, rows) = writer.finish().await.unwrap();
-    assert_eq!(rows, 20);
-    // A file is closed once it holds at least 10 rows: 12 + 8.
+    let written = writer.finish().await.unwrap();
+    assert_eq!(written.rows, 20);
+    // A file ends at exactly 10 rows.
+    assert_eq!(written.files.iter().map(|f| f.rows).collect::<Vec<_>>(), vec![10, 10]);
     assert_eq!(
-        files,
+        written.uris(),
         vec![
             "memory:///out/features/part-job-00000.parquet".to_string(),
             "memory:///out/features/part-job-00001.parquet".to_string()
@@ -182,8 +184,8 @@ async fn part_files_roll_over_at_the_row_limit() {
 async fn an_empty_dataset_still_gets_one_file_for_its_schema() {
     let out = memory();
     let writer = PartWriter::new(&out, "errors", "job", batch(1).schema(), vec![]);
-    let (files, rows) = writer.finish().await.unwrap();
-    assert_eq!((files.len(), rows), (1, 0));
+    let written = writer.finish().await.unwrap();
+    assert_eq!((written.files.len(), written.rows), (1, 0));
     assert_eq!(names(&out).await, vec!["out/errors/part-job-00000.parquet".to_string()]);
 }
 
@@ -207,4 +209,61 @@ async fn remove_prefix_clears_scratch_only() {
     put(&out.store, &out.child("keep/this"), b"x".to_vec()).await.unwrap();
     remove_prefix(&out, &out.child("_temporary/a")).await;
     assert_eq!(names(&out).await, vec!["out/keep/this".to_string()]);
+}
+
+/// The bytes of `files`, in order.
+async fn contents(out: &Location, files: &[DataFile]) -> Vec<Vec<u8>> {
+    let mut all = Vec::new();
+    for f in files {
+        let path = Path::from(f.uri.trim_start_matches("memory:///"));
+        all.push(out.store.get(&path).await.unwrap().bytes().await.unwrap().to_vec());
+    }
+    all
+}
+
+#[tokio::test]
+async fn the_same_rows_in_other_batches_give_the_same_bytes_and_digests() {
+    let out = memory();
+    let rows = batch(5000);
+    let mut a = PartWriter::new(&out, "a", "job", rows.schema(), vec![]).with_rows_per_file(2100);
+    a.write(&rows).await.unwrap();
+    let a = a.finish().await.unwrap();
+    let mut b = PartWriter::new(&out, "b", "job", rows.schema(), vec![]).with_rows_per_file(2100);
+    for (start, len) in [(0, 7), (7, 1500), (1507, 1), (1508, 3000), (4508, 492)] {
+        b.write(&rows.slice(start, len)).await.unwrap();
+    }
+    let b = b.finish().await.unwrap();
+    assert_eq!(
+        a.files.iter().map(|f| f.rows).collect::<Vec<_>>(),
+        vec![2100, 2100, 800]
+    );
+    let (bytes_a, bytes_b) = (contents(&out, &a.files).await, contents(&out, &b.files).await);
+    assert_eq!(bytes_a, bytes_b, "the bytes depend on the rows alone");
+    for (file, bytes) in a.files.iter().zip(&bytes_a) {
+        assert_eq!(file.sha256, hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes)));
+    }
+    assert_eq!(
+        a.files.iter().map(|f| &f.sha256).collect::<Vec<_>>(),
+        b.files.iter().map(|f| &f.sha256).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_closes_the_file_so_its_rows_are_complete() {
+    let out = memory();
+    let mut writer = PartWriter::new(&out, "features", "job", batch(1).schema(), vec![]).with_stem("chunk");
+    writer.write(&batch(3)).await.unwrap();
+    writer.checkpoint().await.unwrap();
+    writer.checkpoint().await.unwrap();
+    assert_eq!(
+        names(&out).await,
+        vec!["out/features/chunk-job-00000.parquet".to_string()]
+    );
+    writer.write(&batch(2)).await.unwrap();
+    let written = writer.finish().await.unwrap();
+    assert_eq!(written.files.iter().map(|f| f.rows).collect::<Vec<_>>(), vec![3, 2]);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
