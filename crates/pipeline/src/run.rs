@@ -104,7 +104,8 @@ pub struct RunSummary {
     pub stages: Vec<Stage>,
     pub wall_s: f64,
     pub featurize: BTreeMap<String, Summary>,
-    pub files: Vec<String>,
+    /// The data files: `features` (path, label, split, features, pca) and `errors`.
+    pub files: crate::featurize::Files,
 }
 
 /// One timed stage of a run.
@@ -275,7 +276,10 @@ async fn run_holding(
     let (_, model_files) = save_bundle(&model_dir, learned, parts, &job.learn).await?;
     write_report(cx, &metrics, &pca, &scored, &projected.test, &mut stages).await?;
 
-    let files: Vec<String> = projected.files.into_iter().chain(errors).collect();
+    let files = crate::featurize::Files {
+        features: projected.files,
+        errors,
+    };
     let summary = RunSummary {
         job_id: cx.id.clone(),
         output: cx.out.uri(),
@@ -287,7 +291,14 @@ async fn run_holding(
         files,
     };
     cx.commit(&summary).await?;
-    cx.remove_stale(&["features", "errors"], &summary.files).await?;
+    let keep: Vec<String> = summary
+        .files
+        .features
+        .iter()
+        .chain(&summary.files.errors)
+        .cloned()
+        .collect();
+    cx.remove_stale(&["features", "errors"], &keep).await?;
     cx.remove_stale(&["model"], &model_files).await?;
     // Every run's scratch, including what a crashed earlier run left: no
     // other job writes here while this one holds the lease.
