@@ -5,6 +5,8 @@
 //!   normalise, inference, the whole job) against a bare ONNX Runtime loop;
 //! - [`cluster`]: the featurize job on local clusters of 1, 2, … executor
 //!   processes: images/s, speed-up, executor peak memory;
+//! - [`incremental`]: a full featurize run, then the rerun after 1 % new
+//!   images arrived: wall time of each and their ratio;
 //! - [`classify`]: training and prediction time of both classifiers;
 //! - [`decode`]: the pure-Rust JPEG decoders on 12 MP photos, as the service
 //!   needs them;
@@ -22,6 +24,7 @@ pub mod classify;
 pub mod cluster;
 pub mod decode;
 pub mod featurize;
+pub mod incremental;
 pub mod labelled;
 pub mod pairs;
 pub mod photos;

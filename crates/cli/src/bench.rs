@@ -80,6 +80,28 @@ pub enum BenchCommand {
         #[command(flatten)]
         precision: crate::PrecisionArg,
     },
+    /// A full featurize run, then the rerun into the same output after 1 % new images arrived: wall times and ratio.
+    Incremental {
+        /// Images (`DIR/<label>/<image>`, a local folder).
+        #[arg(long, default_value = "../shared/fruits-360/Training")]
+        input: PathBuf,
+        /// Scratch folder for the linked lake and the output (removed at the end).
+        #[arg(long, default_value = "out/bench-incremental")]
+        scratch: PathBuf,
+        /// Share of the images that arrive before the rerun, in percent.
+        #[arg(long, default_value_t = 1.0)]
+        new_percent: f64,
+        /// Images per engine task.
+        #[arg(long, default_value_t = 256)]
+        rows_per_task: usize,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelDirArg,
+        #[command(flatten)]
+        precision: crate::PrecisionArg,
+    },
     /// The pure-Rust JPEG decoders on composed 12 MP photos, each down to what the service needs.
     Decode {
         /// Studio shots the photos are composed from (`DIR/<label>/<image>`).
@@ -223,6 +245,25 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             };
             cluster(opts, json).await
         }
+        BenchCommand::Incremental {
+            input,
+            scratch,
+            new_percent,
+            rows_per_task,
+            json,
+            model,
+            precision,
+        } => {
+            let opts = fruits_bench::incremental::IncrementalBenchOptions {
+                input,
+                scratch,
+                new_percent,
+                rows_per_task,
+                model_dir: model.resolve(),
+                precision: precision.precision,
+            };
+            incremental(&opts, json).await
+        }
         BenchCommand::Decode { images, photos, json } => {
             let opts = fruits_bench::decode::DecodeBenchOptions { images, photos };
             let rows = tokio::task::spawn_blocking(move || fruits_bench::decode::run(&opts)).await??;
@@ -250,6 +291,39 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Serve(args) => serve(args).await,
         BenchCommand::Photos(args) => photos(args).await,
     }
+}
+
+async fn incremental(
+    opts: &fruits_bench::incremental::IncrementalBenchOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let rows = fruits_bench::incremental::run(opts).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "incremental benchmark: {} ({} precision), in-process, {} cores; the rerun goes into the same output",
+        opts.input.display(),
+        opts.precision,
+        fruits_engine::cores()
+    );
+    println!(
+        "{:<14} {:>7} {:>11} {:>8} {:>8} {:>8}",
+        "run", "images", "featurized", "carried", "wall s", "of full"
+    );
+    for r in &rows {
+        println!(
+            "{:<14} {:>7} {:>11} {:>8} {:>8.2} {:>7.1}%",
+            r.run,
+            r.images,
+            r.featurized,
+            r.carried,
+            r.wall_s,
+            r.of_full * 100.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn photos(args: PhotosBenchArgs) -> anyhow::Result<ExitCode> {

@@ -238,6 +238,7 @@ pub async fn load_bundle(uri: &str) -> anyhow::Result<fruits_bundle::Bundle> {
 
 pub async fn predict_cmd(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let bundle = load_bundle(&args.model).await?;
+    let (model, data) = (bundle.manifest.id(), bundle.manifest.data_digest());
     let predictor = fruits_bundle::Predictor::new(bundle, &args.backbone.resolve())?;
     let mut failures = 0;
     for image in &args.images {
@@ -255,7 +256,7 @@ pub async fn predict_cmd(args: PredictArgs) -> anyhow::Result<ExitCode> {
         match result {
             Ok(answer) if args.json => println!(
                 "{}",
-                serde_json::json!({"path": image, "kinds": answer.kinds, "top": answer.classes})
+                serde_json::json!({"path": image, "kinds": answer.kinds, "top": answer.classes, "model": model, "data": data})
             ),
             Ok(answer) => {
                 println!("{image}");

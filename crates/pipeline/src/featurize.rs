@@ -56,9 +56,9 @@ pub struct FeaturizeJob {
     /// `df://host:port` of a Ballista scheduler; `None` runs in-process.
     pub cluster: Option<String>,
     /// Write rows sorted by path, so that the same input gives the same
-    /// bytes on any engine. Costs memory: Ballista's final merge reads every
-    /// sorted partition at once on one executor (1067 MiB at 50,889 images,
-    /// against 530 MiB unsorted), so it is off by default.
+    /// bytes on any engine and after any incremental rerun. Each group is
+    /// sorted on the client and the groups merged at the end (one batch per
+    /// file in memory), which writes the result twice: off by default.
     pub sorted: bool,
     /// Featurize this many seeded training views of each image instead of
     /// the image itself (see `fruits_preprocess::view`); the rows get a

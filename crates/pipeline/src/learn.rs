@@ -169,6 +169,42 @@ pub async fn committed_features(output: &Location) -> Result<Vec<String>, Error>
         })
 }
 
+/// What a model trained on a committed featurize output learned from: its
+/// feature files with their sha256 (from its `_SUCCESS`, or hashed here for
+/// outputs older than lineage), its listing, its jobs and `job`.
+pub async fn lineage_of_featurized(output: &Location, job: &str) -> Result<fruits_bundle::DataLineage, Error> {
+    let summary: serde_json::Value = fruits_output::read_committed(output).await?;
+    let committed = crate::incremental::CommittedFiles::read(output).await?;
+    let mut features = Vec::new();
+    for (dir, uri, sha256) in committed.files.map(|p| p.listed).unwrap_or_default() {
+        if dir != "features" {
+            continue;
+        }
+        let sha256 = match sha256 {
+            Some(sha) => sha,
+            None => fruits_common::sha256_hex(&uri.read().await?),
+        };
+        let rows = summary["lineage"]["files"]
+            .as_array()
+            .and_then(|files| files.iter().find(|f| f["sha256"] == sha256.as_str()))
+            .and_then(|f| f["rows"].as_u64())
+            .unwrap_or(0) as usize;
+        features.push(fruits_bundle::DataFileRef {
+            uri: uri.to_string(),
+            rows,
+            sha256,
+        });
+    }
+    let listing = summary["lineage"]["listing_sha256"].as_str().unwrap_or_default();
+    let listings = vec![("features".to_string(), listing.to_string())];
+    let mut jobs: Vec<String> = summary["lineage"]["jobs"]
+        .as_array()
+        .map(|j| j.iter().filter_map(|j| j.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    jobs.push(job.to_string());
+    Ok(fruits_bundle::DataLineage::new(features, listings, jobs))
+}
+
 /// The `path`, `label` and `features` rows of a `fruits featurize` output folder.
 pub async fn read_featurized(ctx: &SessionContext, output: &Location) -> Result<Rows, Error> {
     read_rows(ctx, &committed_features(output).await?, "features").await
@@ -296,6 +332,8 @@ pub struct BundleParts<'a> {
     pub kind_head: Option<fruits_bundle::KindHead>,
     /// Trained on composed scenes, if there were backgrounds.
     pub localiser: Option<fruits_bundle::Localiser>,
+    /// What it learned from.
+    pub data: fruits_bundle::DataLineage,
 }
 
 /// Builds the bundle of learned classifiers and writes it to `model_dir`
@@ -318,6 +356,7 @@ pub async fn save_bundle(
     bundle.manifest.confidence = parts.confidence;
     bundle.kind_head = parts.kind_head;
     bundle.localiser = parts.localiser;
+    bundle.manifest.data = Some(parts.data);
     let files = bundle.save(model_dir).await?;
     Ok((bundle, files))
 }
@@ -495,6 +534,7 @@ async fn train_holding(
         confidence: Vec::new(),
         kind_head,
         localiser,
+        data: lineage_of_featurized(&featurized.location, &cx.id).await?,
     };
     let (_, model_files) = save_bundle(&model_dir, learned, parts, opts).await?;
     let summary = TrainSummary {

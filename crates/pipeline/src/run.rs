@@ -271,13 +271,14 @@ async fn run_holding(
         confidence: scored.iter().map(|(s, _)| (s.name.clone(), s.confidence)).collect(),
         kind_head,
         localiser,
+        data: run_lineage(&projected.files, &featurized, &cx.id),
     };
     let model_dir = Location::parse(&cx.out.child("model").to_string())?;
     let (_, model_files) = save_bundle(&model_dir, learned, parts, &job.learn).await?;
     write_report(cx, &metrics, &pca, &scored, &projected.test, &mut stages).await?;
 
     let files = crate::featurize::Files {
-        features: projected.files,
+        features: projected.files.uris(),
         errors,
     };
     let summary = RunSummary {
@@ -388,6 +389,31 @@ async fn write_report(
     Ok(())
 }
 
+/// What a run's model learned from: the run's own feature files, each
+/// input's listing, the featurize jobs and the run.
+fn run_lineage(
+    files: &fruits_output::Dataset,
+    featurized: &BTreeMap<String, Summary>,
+    job: &str,
+) -> fruits_bundle::DataLineage {
+    let features = files
+        .files
+        .iter()
+        .map(|f| fruits_bundle::DataFileRef {
+            uri: f.uri.clone(),
+            rows: f.rows,
+            sha256: f.sha256.clone(),
+        })
+        .collect();
+    let listings = featurized
+        .iter()
+        .map(|(split, s)| (split.clone(), s.lineage.listing_sha256.clone()))
+        .collect();
+    let mut jobs: Vec<String> = featurized.values().map(|s| s.job_id.clone()).collect();
+    jobs.push(job.to_string());
+    fruits_bundle::DataLineage::new(features, listings, jobs)
+}
+
 /// The fitted PCA as the engine's `pca_project` reads it: its file and sha256.
 struct PcaModel<'a> {
     pca: &'a Pca,
@@ -397,7 +423,7 @@ struct PcaModel<'a> {
 
 /// What projecting both splits wrote and kept.
 struct Projected {
-    files: Vec<String>,
+    files: fruits_output::Dataset,
     /// Reduced rows of each split, sorted by path.
     train: Rows,
     test: Rows,
@@ -479,7 +505,7 @@ async fn project_and_write(
     let [train_features, test_features, photos] = features;
     let studio_features = studio_sample(&train_features, job.learn.kinds.studio_per_class);
     drop(train_features);
-    let files = writer.finish().await?.uris();
+    let files = writer.finish().await?;
     Ok(Projected {
         files,
         train,

@@ -99,9 +99,65 @@ pub struct BundleManifest {
     /// The localiser (see [`localiser`]), when trained with backgrounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub localiser: Option<LocaliserRef>,
+    /// What the model learned from; bundles before lineage have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataLineage>,
+}
+
+/// The data a model learned from: the feature files (each with its sha256),
+/// the listings they were made from and the jobs that made them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataLineage {
+    /// sha256 over the sorted sha256 of every feature file: names the data,
+    /// wherever the files were copied.
+    pub digest: String,
+    /// The feature files trained on.
+    pub features: Vec<DataFileRef>,
+    /// Per input (split, photo folder), the sha256 of its listing.
+    pub listings: Vec<(String, String)>,
+    /// The jobs whose rows the model learned from, and the job that trained it.
+    pub jobs: Vec<String>,
+}
+
+/// One feature file a model learned from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFileRef {
+    pub uri: String,
+    pub rows: usize,
+    pub sha256: String,
+}
+
+impl DataLineage {
+    /// The lineage of `features`, with its digest.
+    pub fn new(features: Vec<DataFileRef>, listings: Vec<(String, String)>, jobs: Vec<String>) -> Self {
+        let mut digests: Vec<&str> = features.iter().map(|f| f.sha256.as_str()).collect();
+        digests.sort_unstable();
+        let digest = fruits_common::sha256_hex(digests.join("\n").as_bytes());
+        Self {
+            digest,
+            features,
+            listings,
+            jobs,
+        }
+    }
 }
 
 impl BundleManifest {
+    /// Names this model in answers, logs and metrics: the first 12 hex digits
+    /// of its default classifier's sha256.
+    pub fn id(&self) -> String {
+        self.classifiers
+            .iter()
+            .find(|(name, _)| *name == self.default_classifier)
+            .map(|(_, f)| fruits_common::short_digest(&f.sha256, 12).to_string())
+            .unwrap_or_default()
+    }
+
+    /// The data digest of its lineage; empty for a bundle made before lineage.
+    pub fn data_digest(&self) -> String {
+        self.data.as_ref().map(|d| d.digest.clone()).unwrap_or_default()
+    }
+
     /// Checks what `bundle.json` says before anything is read on its word:
     /// digests are sha256 hex, files are plain names in the bundle folder,
     /// sizes and thresholds are in range. A damaged or hand-edited manifest
@@ -236,6 +292,7 @@ impl Bundle {
                 confidence: Vec::new(),
                 kind_head: None,
                 localiser: None,
+                data: None,
             },
             pca,
             classifiers,

@@ -191,6 +191,9 @@ pub struct Identification {
     pub timings_ms: Timings,
     /// Identifies the model that answered (changes on reload).
     pub model: String,
+    /// The sha256 that names the data the model learned from (its bundle's
+    /// lineage); empty for a bundle made before lineage.
+    pub data: String,
 }
 
 /// Every fruit the model knows.

@@ -547,6 +547,8 @@ async fn healthz() -> Json<HashMap<&'static str, &'static str>> {
 pub struct Ready {
     pub status: String,
     pub model: String,
+    /// The bundle's data digest: what the model learned from.
+    pub data: String,
     pub classes: usize,
     pub threshold: f32,
     /// `calibrated` (on the held-out split), `configured` or `default`.
@@ -561,6 +563,7 @@ async fn readyz(State(s): Shared) -> Response {
     let ready = Ready {
         status: if draining { "draining" } else { "ready" }.into(),
         model: model.id.clone(),
+        data: model.data.clone(),
         classes: model.classes(),
         threshold: model.threshold,
         threshold_source: model.threshold_source.into(),

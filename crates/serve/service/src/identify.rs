@@ -143,6 +143,7 @@ pub fn identify(model: &Model, catalog: &Catalog, bytes: &[u8], ask: &Ask) -> Re
             total: ms(start.elapsed()),
         },
         model: model.id.clone(),
+        data: model.data.clone(),
     })
 }
 

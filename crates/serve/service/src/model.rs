@@ -32,6 +32,9 @@ pub struct Model {
     pub threshold_source: &'static str,
     /// sha256 of the default classifier's file: names this model in logs and metrics.
     pub id: String,
+    /// The bundle's data digest (`fruits_bundle::DataLineage`): what the
+    /// model learned from; empty for bundles made before lineage.
+    pub data: String,
     pub loaded_at: SystemTime,
 }
 
@@ -46,14 +49,8 @@ impl Model {
             (None, Some(c)) => (c.min_probability, "calibrated"),
             (None, None) => (UNCALIBRATED_THRESHOLD, "default"),
         };
-        let default = &bundle.manifest.default_classifier;
-        let id = bundle
-            .manifest
-            .classifiers
-            .iter()
-            .find(|(name, _)| name == default)
-            .map(|(_, f)| f.sha256[..12.min(f.sha256.len())].to_string())
-            .unwrap_or_default();
+        let id = bundle.manifest.id();
+        let data = bundle.manifest.data_digest();
         let dir = source.backbone_dir.clone();
         let predictor = tokio::task::spawn_blocking(move || Predictor::new(bundle, &dir))
             .await
@@ -63,6 +60,7 @@ impl Model {
             threshold,
             threshold_source,
             id,
+            data,
             loaded_at: SystemTime::now(),
         })
     }
