@@ -162,6 +162,29 @@ fn a_rerun_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
     assert_eq!(again["featurized"], 0);
     assert_eq!(committed_bytes(&out, "features"), committed_bytes(&scratch, "features"));
 
+    // Another output starting from this one's rows (a feature store): nothing
+    // featurized, the same bytes; a misspelled --from is an error, not a full run.
+    let copy = tmp.path().join("copy");
+    let from = out.display().to_string();
+    let copied = summary(&run_ok(&mut featurize(&input, &copy, &["--sorted", "--from", &from])));
+    assert_eq!(
+        (copied["featurized"].as_u64(), copied["changes"]["new"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        committed_bytes(&copy, "features"),
+        committed_bytes(&scratch, "features")
+    );
+    let typo = featurize(&input, &tmp.path().join("typo"), &["--from", &format!("{from}-typo")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        !typo.status.success() && stderr.contains("no committed result"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("typo/_SUCCESS").exists());
+
     // Another computation (input side) recomputes everything, by itself.
     let resized = summary(&run_ok(&mut featurize(&input, &out, &["--input-size", "128"])));
     assert_eq!(resized["featurized"], total + new - 10);

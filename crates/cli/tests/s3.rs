@@ -165,6 +165,52 @@ fn s3_in_s3_out_every_row_and_every_error_and_no_secret() {
     );
     assert_eq!(named_by_key, unusable.len(), "each row names its key as S3 holds it");
 
+    // Incremental on S3 (ETags from the listing): one image rewritten with
+    // other bytes, one deleted; the rerun reads and featurizes only the
+    // rewritten one, keeps the bad images' rows (their bytes were read:
+    // the same bytes fail the same way) and drops the deleted one.
+    let changed = format!(
+        "raw/Training/Lemon 1/{}",
+        class_images("Lemon 1")[0].file_name().unwrap().to_str().unwrap()
+    );
+    put(
+        &store,
+        &changed,
+        std::fs::read(&class_images("Kiwi 1")[PER_CLASS]).unwrap(),
+    );
+    let deleted = format!(
+        "raw/Training/Banana 1/{}",
+        class_images("Banana 1")[1].file_name().unwrap().to_str().unwrap()
+    );
+    common::s3::delete(&store, &deleted);
+    let rerun = fruits()
+        .envs(server.env())
+        .args([
+            "featurize",
+            "--input",
+            "s3://lake/raw/Training",
+            "--output",
+            "s3://lake/out",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
+    let changes = &summary["changes"];
+    assert_eq!(
+        (changes["changed"].as_u64(), changes["deleted"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(changes["unchanged"], CLASSES.len() * PER_CLASS - 2 + broken.len());
+    assert_eq!(
+        (summary["featurized"].as_u64(), summary["bytes_read"].as_u64()),
+        (
+            Some(1),
+            Some(std::fs::read(&class_images("Kiwi 1")[PER_CLASS]).unwrap().len() as u64)
+        )
+    );
+
     let help = fruits()
         .envs(server.env())
         .args(["featurize", "--help"])

@@ -672,12 +672,16 @@ async fn write_manifest(
                 digest.update(format!("{uri}\t{etag}\t{}\n", entry.size).as_bytes());
                 if entry.size > job.max_object_bytes {
                     let why = too_large(entry.size, job.max_object_bytes);
+                    known.refused(&uri);
                     refused.push((uri, entry.etag, entry.size, why));
                 } else if let Fate::Featurize = known.fate(&entry) {
                     chunk.push(entry);
                 }
             }
-            Err(fruits_storage::Error::Unlisted { uri, reason }) => refused.push((uri, None, 0, reason)),
+            Err(fruits_storage::Error::Unlisted { uri, reason }) => {
+                known.refused(&uri);
+                refused.push((uri, None, 0, reason));
+            }
             Err(e) => return Err(e.into()),
         }
         if chunk.len() == per_task {

@@ -164,7 +164,15 @@ impl Known {
     ) -> Result<Self, Error> {
         let mut known = Known::default();
         let previous = match &incremental.from {
-            Some(from) => CommittedFiles::read(&Location::parse(from)?).await?,
+            Some(from) => match CommittedFiles::read(&Location::parse(from)?).await? {
+                found @ CommittedFiles { files: Some(_) } => found,
+                // Asked for by name: a typo must not silently recompute everything.
+                CommittedFiles { files: None } => {
+                    return Err(Error::NotFeatures(format!(
+                        "{from}: no committed result (_SUCCESS) to take rows from"
+                    )))
+                }
+            },
             None => committed.clone(),
         };
         let mut usable = 0;
@@ -250,6 +258,12 @@ impl Known {
             sha256,
         });
         Ok(usable)
+    }
+
+    /// Counts an object listed but refused (too large, or a key that cannot
+    /// be read): an error row again, not a deleted one.
+    pub fn refused(&mut self, path: &str) {
+        self.seen_previous += usize::from(self.previous.contains(path));
     }
 
     /// Decides what the job does with a listed object, and counts it.
