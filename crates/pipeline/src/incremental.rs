@@ -219,12 +219,17 @@ impl Known {
     ) -> Result<usize, Error> {
         let ids = match read_identities(at, &uri, computation).await {
             Ok(ids) => ids,
-            // A dead job's file that cannot be read was never finished: not used.
+            // A dead job's file that cannot be read was never finished, and a
+            // damaged file of the last result is no reason to stop: neither is
+            // used, and their images are featurized again.
             Err(e) if !committed => {
                 tracing::warn!("not resuming from {uri}: {e}");
                 return Ok(0);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                tracing::warn!("cannot read {uri} of the last result ({e}): its images are featurized again");
+                return Ok(0);
+            }
         };
         if committed {
             self.previous.extend(ids.paths.iter().cloned());
