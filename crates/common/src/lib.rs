@@ -13,6 +13,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// A sha256 fed piece by piece (a file as it is written, a listing as it
+/// streams), ending in the same lowercase hex as [`sha256_hex`].
+#[derive(Clone, Default)]
+pub struct Sha256(sha2::Sha256);
+
+impl Sha256 {
+    pub fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    pub fn hex(self) -> String {
+        hex::encode(sha2::Digest::finalize(self.0))
+    }
+}
+
 /// The first `n` characters of a digest, for messages; all of it when
 /// shorter (a digest read from a damaged file may be short or not ASCII).
 pub fn short_digest(digest: &str, n: usize) -> &str {

@@ -33,7 +33,6 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::incremental::{carried_rows, Changes, CommittedFiles, Computation, Fate, Incremental, Known};
 use crate::job::JobContext;
@@ -654,7 +653,7 @@ async fn write_manifest(
         rows: 0,
         bytes: 0,
     };
-    let mut digest = Sha256::new();
+    let mut digest = fruits_common::Sha256::default();
     let mut refused = Vec::new();
     let mut chunk = Vec::with_capacity(per_task);
     let mut listed = 0;
@@ -700,13 +699,9 @@ async fn write_manifest(
         images: parts.rows,
         bytes: parts.bytes,
         refused,
-        sha256: hex(&digest.finalize()),
+        sha256: digest.hex(),
         ms: 0,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The manifest files written so far: one per engine task.

@@ -18,11 +18,11 @@ use datafusion::parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
+use fruits_common::Sha256;
 use fruits_storage::Location;
 use futures::future::BoxFuture;
 use object_store::buffered::BufWriter;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{Error, ROWS_PER_FILE};
 
@@ -160,7 +160,7 @@ impl PartWriter {
         self.write_chunks(true).await?;
         let open = self.current.take().expect("checked above");
         open.writer.close().await?;
-        let sha256 = hex(&open.digest.lock().expect("digest lock").clone().finalize());
+        let sha256 = open.digest.lock().expect("digest lock").clone().hex();
         self.rows += open.rows;
         self.files.push(DataFile {
             uri: open.uri,
@@ -183,7 +183,7 @@ impl PartWriter {
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_key_value_metadata(Some(self.metadata.clone()))
             .build();
-        let digest = Arc::new(Mutex::new(Sha256::new()));
+        let digest = Arc::new(Mutex::new(Sha256::default()));
         let sink = Hashing {
             inner: BufWriter::new(Arc::clone(&self.out.store), uri.path.clone()),
             digest: Arc::clone(&digest),
@@ -241,8 +241,4 @@ impl AsyncFileWriter for Hashing {
     fn complete(&mut self) -> BoxFuture<'_, datafusion::parquet::errors::Result<()>> {
         self.inner.complete()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -240,7 +240,7 @@ async fn the_same_rows_in_other_batches_give_the_same_bytes_and_digests() {
     let (bytes_a, bytes_b) = (contents(&out, &a.files).await, contents(&out, &b.files).await);
     assert_eq!(bytes_a, bytes_b, "the bytes depend on the rows alone");
     for (file, bytes) in a.files.iter().zip(&bytes_a) {
-        assert_eq!(file.sha256, hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes)));
+        assert_eq!(file.sha256, fruits_common::sha256_hex(bytes));
     }
     assert_eq!(
         a.files.iter().map(|f| &f.sha256).collect::<Vec<_>>(),
@@ -262,8 +262,4 @@ async fn a_checkpoint_closes_the_file_so_its_rows_are_complete() {
     writer.write(&batch(2)).await.unwrap();
     let written = writer.finish().await.unwrap();
     assert_eq!(written.files.iter().map(|f| f.rows).collect::<Vec<_>>(), vec![3, 2]);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
