@@ -5,23 +5,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{class_images, fruits, link_class_images, read_parquet_dir, run_ok, success_json, training};
+use common::{class_images, featurize, fruits, link_class_images, read_parquet_dir, run_ok, success_json, training};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float32Type;
-
-/// `fruits featurize --input INPUT --output OUT EXTRA...`, ready to run.
-fn featurize(input: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut cmd = fruits();
-    cmd.arg("featurize")
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(out)
-        .args(extra);
-    cmd
-}
 
 /// Files that are not images, or not whole ones; each must become an errors row.
 fn plant_broken(dir: &Path) -> Vec<PathBuf> {

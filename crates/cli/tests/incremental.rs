@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{class_images, fruits, read_parquet_dir, run_ok, success_json, training};
+use common::{class_images, read_parquet_dir, run_ok, success_json, training};
 use datafusion::arrow::array::AsArray;
 
 /// Classes copied into the input: 20 classes of the shared sample, over 2,000 images.
@@ -35,15 +35,10 @@ fn copy_classes(classes: &[String], dest: &Path) -> usize {
     n
 }
 
+/// `fruits featurize … --json EXTRA...`.
 fn featurize(input: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut cmd = fruits();
-    cmd.arg("featurize")
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(out)
-        .arg("--json")
-        .args(extra);
+    let mut cmd = common::featurize(input, out, &["--json"]);
+    cmd.args(extra);
     cmd
 }
 

@@ -156,6 +156,13 @@ pub struct Files {
     pub errors: Vec<String>,
 }
 
+impl Files {
+    /// Every data file, features first: what a commit keeps.
+    pub fn all(&self) -> Vec<String> {
+        self.features.iter().chain(&self.errors).cloned().collect()
+    }
+}
+
 /// Runs the job in-process, or on the cluster the job names.
 pub async fn run(job: &FeaturizeJob, progress: &Arc<dyn Progress>) -> Result<Summary, Error> {
     let opts = fruits_engine::EngineOptions {
@@ -291,13 +298,8 @@ async fn finish(
     started: Instant,
 ) -> Result<Summary, Error> {
     let t_commit = Instant::now();
-    let Engine {
-        outcome,
-        worker_ms,
-        ms,
-        featurized,
-        failed,
-    } = engine;
+    let Engine { outcome, worker_ms, ms } = engine;
+    let (featurized, failed) = (outcome.checkpoints.features.rows, outcome.checkpoints.errors.rows);
     let computation = model.computation();
     let assembled = assemble(
         cx,
@@ -367,14 +369,7 @@ async fn finish(
     };
     summary.stages_ms.commit = t_commit.elapsed().as_millis() as u64;
     cx.commit(&summary).await?;
-    let keep: Vec<String> = summary
-        .files
-        .features
-        .iter()
-        .chain(&summary.files.errors)
-        .cloned()
-        .collect();
-    cx.remove_stale(&["features", "errors"], &keep).await?;
+    cx.remove_stale(&["features", "errors"], &summary.files.all()).await?;
     // This job holds the output: any scratch there is its own or a dead job's.
     output::remove_prefix(&cx.out, &cx.out.child("_temporary")).await;
     Ok(summary)
@@ -909,8 +904,6 @@ async fn featurize_and_write(
     outcome?;
     progress.featurized(done, total);
     Ok(Engine {
-        featurized: features.rows,
-        failed: errors.rows,
         outcome: Outcome {
             checkpoints: Checkpoints { features, errors },
             workers,
@@ -1002,8 +995,6 @@ struct Engine {
     outcome: Outcome,
     worker_ms: StatsSnapshot,
     ms: u64,
-    featurized: usize,
-    failed: usize,
 }
 
 /// What the engine run wrote, and which worker processes did it.

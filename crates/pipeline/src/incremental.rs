@@ -377,18 +377,7 @@ async fn leftovers(out: &Location, committed: &CommittedFiles) -> Result<Vec<(&'
     let listed = committed.files.as_ref().map(|p| &p.uris);
     let mut found = Vec::new();
     for dir in ["features", "errors"] {
-        let folder = out.child(dir);
-        let metas: Vec<_> = out
-            .store
-            .list(Some(&folder.path))
-            .try_collect()
-            .await
-            .map_err(|e| folder.err(e))?;
-        for meta in metas {
-            let uri = ObjectUri {
-                root: out.root.clone(),
-                path: meta.location,
-            };
+        for uri in fruits_output::list_dir(out, dir).await? {
             let name = uri.to_string();
             if name.ends_with(".parquet") && !listed.is_some_and(|l| l.contains(&name)) {
                 found.push((dir, uri));

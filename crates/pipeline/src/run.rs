@@ -292,14 +292,7 @@ async fn run_holding(
         files,
     };
     cx.commit(&summary).await?;
-    let keep: Vec<String> = summary
-        .files
-        .features
-        .iter()
-        .chain(&summary.files.errors)
-        .cloned()
-        .collect();
-    cx.remove_stale(&["features", "errors"], &keep).await?;
+    cx.remove_stale(&["features", "errors"], &summary.files.all()).await?;
     cx.remove_stale(&["model"], &model_files).await?;
     // Every run's scratch, including what a crashed earlier run left: no
     // other job writes here while this one holds the lease.

@@ -104,6 +104,18 @@ pub fn link_real_photos(split: &str, kinds: &[&str], per_kind: usize, dest: &Pat
     count
 }
 
+/// `fruits featurize --input INPUT --output OUT EXTRA...`, ready to run.
+pub fn featurize(input: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = fruits();
+    cmd.arg("featurize")
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(out)
+        .args(extra);
+    cmd
+}
+
 /// Image files of one class folder, sorted.
 pub fn class_images(class: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(training().join(class))

@@ -68,8 +68,8 @@ pub const SUCCESS: &str = "_SUCCESS";
 /// Rows per data file before a new one is started.
 pub const ROWS_PER_FILE: usize = 50_000;
 
-/// Deletes every object under `out/dir` whose URI is not in `keep`.
-pub async fn remove_stale(out: &Location, dir: &str, keep: &[String]) -> Result<usize, Error> {
+/// Every object under `out/dir`, committed or not.
+pub async fn list_dir(out: &Location, dir: &str) -> Result<Vec<ObjectUri>, Error> {
     let folder = out.child(dir);
     let listed: Vec<_> = out
         .store
@@ -77,14 +77,21 @@ pub async fn remove_stale(out: &Location, dir: &str, keep: &[String]) -> Result<
         .try_collect()
         .await
         .map_err(|e| folder.err(e))?;
-    let mut removed = 0;
-    for meta in listed {
-        let uri = ObjectUri {
+    Ok(listed
+        .into_iter()
+        .map(|meta| ObjectUri {
             root: out.root.clone(),
-            path: meta.location.clone(),
-        };
+            path: meta.location,
+        })
+        .collect())
+}
+
+/// Deletes every object under `out/dir` whose URI is not in `keep`.
+pub async fn remove_stale(out: &Location, dir: &str, keep: &[String]) -> Result<usize, Error> {
+    let mut removed = 0;
+    for uri in list_dir(out, dir).await? {
         if !keep.contains(&uri.to_string()) {
-            out.store.delete(&meta.location).await.map_err(|e| uri.err(e))?;
+            out.store.delete(&uri.path).await.map_err(|e| uri.err(e))?;
             removed += 1;
         }
     }
