@@ -60,8 +60,8 @@ install_backgrounds() {
   "$(dirname "${BASH_SOURCE[0]}")/backgrounds" "$FRUITS_BACKGROUNDS"
 }
 
-# Installs what the web page test needs: Debian's Chromium, Node.js, and
-# playwright-core (pinned in crates/cli/tests/browser/package-lock.json).
+# Installs what the web page and az:// tests need: Debian's Chromium, Node.js,
+# playwright-core and Azurite (pinned in crates/cli/tests/{browser,azurite}/package-lock.json).
 ensure_browser() {
   local missing=()
   command -v chromium >/dev/null || missing+=(chromium)
@@ -75,4 +75,7 @@ ensure_browser() {
     fi
   fi
   npm ci --prefix crates/cli/tests/browser --no-audit --no-fund --silent
+  # Azurite: Microsoft's Azure Storage emulator, for crates/cli/tests/azure.rs.
+  [ -x crates/cli/tests/azurite/node_modules/.bin/azurite-blob ] ||
+    npm ci --prefix crates/cli/tests/azurite --no-audit --no-fund --silent
 }

@@ -51,8 +51,9 @@ pub struct JobArgs {
     /// Run on a Ballista cluster (`df://HOST:PORT` of `fruits scheduler`) instead of in-process.
     #[arg(long)]
     cluster: Option<String>,
-    /// Write rows sorted by path: byte-identical output on any engine, but
-    /// one executor merges every partition (memory grows with the input).
+    /// Write rows sorted by path: byte-identical output on any engine. The
+    /// client sorts each group of tasks and merges the groups at the end,
+    /// holding one batch per group.
     #[arg(long)]
     sorted: bool,
     /// Objects larger than this many bytes are not read: each is an errors/ row

@@ -9,20 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::s3::{get, list, put, S3Server, KEY_ID, SECRET};
 use common::{class_images, fruits};
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::arrow::array::AsArray;
 
 const CLASSES: [&str; 4] = ["Banana 1", "Lemon 1", "Strawberry 1", "Kiwi 1"];
 const PER_CLASS: usize = 60;
-
-fn read_parquet(bytes: bytes::Bytes) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
-}
 
 fn assert_no_secret(what: &str, text: &str) {
     assert!(!text.contains(SECRET), "{what} shows the secret key: {text}");
@@ -126,7 +116,7 @@ fn s3_in_s3_out_every_row_and_every_error_and_no_secret() {
 
     let mut seen = HashSet::new();
     for key in keys.iter().filter(|k| k.starts_with("out/features/")) {
-        for batch in read_parquet(get(&store, key)) {
+        for batch in common::read_parquet_bytes(get(&store, key)) {
             let (paths, labels) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
             for i in 0..batch.num_rows() {
                 let path = paths.value(i);
@@ -142,7 +132,7 @@ fn s3_in_s3_out_every_row_and_every_error_and_no_secret() {
     assert_eq!(seen, uploaded, "one features row per uploaded image");
     let (mut failed, mut named_by_key): (Vec<String>, usize) = (Vec::new(), 0);
     for key in keys.iter().filter(|k| k.starts_with("out/errors/")) {
-        for batch in read_parquet(get(&store, key)) {
+        for batch in common::read_parquet_bytes(get(&store, key)) {
             let (paths, errors) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
             for i in 0..batch.num_rows() {
                 let path = paths.value(i);
@@ -270,13 +260,13 @@ fn bad_storage_configuration_is_a_clear_one_line_error_within_seconds() {
         server.env(),
         "s3://no-such-bucket/raw",
         "s3://lake/out",
-        "the bucket does not exist",
+        "the bucket (container) does not exist",
     );
     fails_fast(
         server.env(),
         "s3://lake/raw",
         "s3://no-such-bucket/out",
-        "the bucket does not exist",
+        "the bucket (container) does not exist",
     );
     fails_fast(server.env(), "s3://lake/nothing-here", "s3://lake/out", "no images");
     assert!(!list(&server.store("lake"), "out").contains(&"out/_SUCCESS".to_string()));

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod azure;
 pub mod cluster;
 pub mod http;
 pub mod s3;
@@ -136,6 +137,16 @@ pub fn link_class_images(class: &str, n: usize, dest: &Path) -> Vec<PathBuf> {
         std::os::unix::fs::symlink(image, dir.join(image.file_name().unwrap())).unwrap();
     }
     images
+}
+
+/// One Parquet file's bytes (e.g. fetched from a store), read into batches.
+pub fn read_parquet_bytes(bytes: bytes::Bytes) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
 }
 
 /// Every Parquet file under `dir`, read into batches.

@@ -14,6 +14,9 @@ pub enum Fault {
     NoBucket,
     /// The credentials or the bucket policy refuse us.
     AccessDenied,
+    /// No credentials were given and the cloud's credential chain (instance
+    /// metadata, managed identity) found none.
+    NoCredentials,
     /// This process may not open the object: outside its `--allow-prefix`.
     Outside,
     /// The endpoint does not answer; `refused` when nothing listens there.
@@ -27,15 +30,17 @@ impl Fault {
     /// response, and the typed HTTP and I/O errors that caused it.
     pub fn of(e: &object_store::Error) -> Self {
         use object_store::Error as E;
-        let code = s3_code(&chain_text(e));
+        let text = chain_text(e);
+        let code = s3_code(&text);
         match (e, code.as_deref()) {
             (E::PermissionDenied { source, .. }, _) if source.to_string().contains(crate::guard::REFUSAL) => {
                 Self::Outside
             }
-            (_, Some("NoSuchBucket")) => Self::NoBucket,
+            (_, Some(code)) if is_no_bucket(code) => Self::NoBucket,
             (E::NotFound { .. }, _) => Self::NotFound,
             (E::PermissionDenied { .. } | E::Unauthenticated { .. }, _) => Self::AccessDenied,
             (_, Some(code)) if is_denial(code) => Self::AccessDenied,
+            _ if is_token_failure(&text) => Self::NoCredentials,
             _ => unreachable_in(e).unwrap_or(Self::Other),
         }
     }
@@ -54,10 +59,12 @@ impl Fault {
         let code = s3_code(text);
         Some(if has(crate::guard::REFUSAL) {
             Self::Outside
-        } else if has("NoSuchBucket") {
+        } else if code.as_deref().is_some_and(is_no_bucket) || has("NoSuchBucket") || has("ContainerNotFound") {
             Self::NoBucket
         } else if code.as_deref().is_some_and(is_denial) || has("403 Forbidden") || has("AccessDenied") {
             Self::AccessDenied
+        } else if is_token_failure(text) {
+            Self::NoCredentials
         } else if has("Connection refused") || has("tcp connect error") || has("dns error") || has("timed out") {
             Self::Unreachable {
                 refused: has("Connection refused"),
@@ -73,7 +80,7 @@ impl Fault {
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
-            Self::NotFound | Self::NoBucket | Self::AccessDenied | Self::Outside
+            Self::NotFound | Self::NoBucket | Self::AccessDenied | Self::NoCredentials | Self::Outside
         )
     }
 
@@ -82,11 +89,14 @@ impl Fault {
     pub fn plain(self) -> Option<String> {
         Some(match self {
             Self::NotFound => "not found".into(),
-            Self::NoBucket => "the bucket does not exist".into(),
+            Self::NoBucket => "the bucket (container) does not exist".into(),
             Self::AccessDenied => "access denied: check the credentials and the bucket policy".into(),
+            Self::NoCredentials => "no credentials: none are set and the credential chain found none \
+                 (instance metadata, managed identity); set the store's keys (README: Object stores)"
+                .into(),
             Self::Outside => format!("{}: see the engine processes' --allow-prefix", crate::guard::REFUSAL),
             Self::Unreachable { refused } => format!(
-                "cannot reach the storage endpoint ({}; check AWS_ENDPOINT_URL / the endpoint setting)",
+                "cannot reach the storage endpoint ({}; check the endpoint setting: AWS_ENDPOINT_URL, GOOGLE_BASE_URL, AZURITE_BLOB_STORAGE_URL)",
                 if refused { "connection refused" } else { "no answer" }
             ),
             Self::Other => return None,
@@ -94,12 +104,43 @@ impl Fault {
     }
 }
 
-/// S3 error codes that mean "not with these credentials".
+/// Error codes (S3's, GCS's XML API's, Azure's) that mean "not with these
+/// credentials".
 fn is_denial(code: &str) -> bool {
-    matches!(code, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")
+    matches!(
+        code,
+        "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AuthenticationFailed"
+            | "AuthorizationFailure"
+            | "AuthorizationPermissionMismatch"
+            | "InsufficientAccountPermissions"
+    )
 }
 
-/// The `<Code>` of an S3 error response carried in the error's message.
+/// The credential chain's token request failed: the instance metadata
+/// service (AWS, GCP and Azure all serve it at 169.254.169.254, ECS at
+/// 169.254.170.2) or an identity endpoint refused or did not answer. Checked
+/// before "unreachable", which would blame the storage endpoint.
+fn is_token_failure(text: &str) -> bool {
+    [
+        "Error performing token request",
+        "Error getting token",
+        "169.254.169.254",
+        "169.254.170.2",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// Error codes that mean the bucket (Azure: the container) is not there.
+fn is_no_bucket(code: &str) -> bool {
+    matches!(code, "NoSuchBucket" | "ContainerNotFound")
+}
+
+/// The `<Code>` of an S3, GCS or Azure XML error response carried in the
+/// error's message.
 fn s3_code(text: &str) -> Option<String> {
     let start = text.find("<Code>")? + "<Code>".len();
     let len = text[start..].find("</Code>")?;
@@ -166,6 +207,33 @@ mod tests {
             source: "500 Internal Server Error".into(),
         };
         assert_eq!(Fault::of(&other), Fault::Other);
+        let azure = object_store::Error::Generic {
+            store: "MicrosoftAzure",
+            source: "404 Not Found: <Error><Code>ContainerNotFound</Code></Error>".into(),
+        };
+        assert_eq!(Fault::of(&azure), Fault::NoBucket);
+        let azure_denied = object_store::Error::Generic {
+            store: "MicrosoftAzure",
+            source: "403 Forbidden: <Error><Code>AuthenticationFailed</Code></Error>".into(),
+        };
+        assert_eq!(Fault::of(&azure_denied), Fault::AccessDenied);
+        let no_credentials = object_store::Error::Generic {
+            store: "GCS",
+            source: "Error performing token request: Error performing GET http://169.254.169.254/computeMetadata/v1/\
+                     instance/service-accounts/default/token: tcp connect error: Connection refused"
+                .into(),
+        };
+        assert_eq!(
+            Fault::of(&no_credentials),
+            Fault::NoCredentials,
+            "not the storage endpoint's fault"
+        );
+        assert!(Fault::NoCredentials.is_permanent());
+        let no_aws_role = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://169.254.169.254/latest/api/token in 1ms - 403 Forbidden".into(),
+        };
+        assert_eq!(Fault::of(&no_aws_role), Fault::NoCredentials);
         assert!(Fault::NoBucket.is_permanent() && !Fault::Unreachable { refused: true }.is_permanent());
     }
 

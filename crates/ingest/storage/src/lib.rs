@@ -2,8 +2,9 @@
 //!
 //! The image lake and every job output are read and written through
 //! `object_store`, local files included (`file://`), so that S3 is
-//! configuration, not code. Supported: local paths, `file://` and `s3://`
-//! (any S3-protocol server).
+//! configuration, not code. Supported: local paths, `file://`, `s3://` (any
+//! S3-protocol server), `gs://` (Google Cloud Storage) and `az://` (Azure Blob
+//! Storage; also `azure://`, `abfs://`, `abfss://`).
 //!
 //! - [`ObjectUri`]: one object, written `scheme://authority/path` (local files are
 //!   `file:///abs/path`). This string is what the `path` column holds, and what an
@@ -13,8 +14,9 @@
 //! - [`list_images`]: a paginated, streaming listing of the image files below a
 //!   location, each labelled with its parent folder's name (the Fruits-360 layout
 //!   `<root>/<split>/<class>/<image>.jpg`): the ingest stage.
-//! - [`store_for`]: one store per `scheme://authority`, S3 configured the AWS
-//!   way (environment, config file, credential chain), with retries.
+//! - [`store_for`]: one store per `scheme://authority`, each configured the way
+//!   its cloud's tools are (environment, config file, credential chain), with
+//!   retries.
 //! - [`Fault`]: what went wrong, by kind, in plain words; [`redact`] scrubs
 //!   secrets from any text meant for people.
 //! - [`restrict_to`]: the prefixes this process may open (executors and
@@ -43,7 +45,7 @@ pub use store::{redact, retry_config, store_for};
 pub enum Error {
     #[error("'{0}' is not a valid location: {1}")]
     InvalidUri(String, String),
-    #[error("unsupported storage scheme '{0}' (use a path, file:// or s3://)")]
+    #[error("unsupported storage scheme '{0}' (use a path, file://, s3://, gs:// or az://)")]
     UnsupportedScheme(String),
     #[error("storage configuration: {0}")]
     Config(String),
