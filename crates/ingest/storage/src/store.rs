@@ -140,39 +140,62 @@ fn paged<S: ObjectStore + PaginatedListStore>(store: S) -> Stores {
 }
 
 fn s3_builder(url: &Url, file: &ConfigFile) -> Result<AmazonS3Builder, Error> {
-    let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
-    for (key, value) in file_settings::<AmazonS3ConfigKey>(&file.s3, "s3")? {
-        builder = builder.with_config(key, value);
-    }
-    let client = |key| AmazonS3ConfigKey::Client(key);
-    Ok(builder
-        .with_retry(retry_config())
-        .with_config(client(ClientConfigKey::ConnectTimeout), CONNECT_TIMEOUT)
-        .with_config(client(ClientConfigKey::Timeout), REQUEST_TIMEOUT))
+    let builder = AmazonS3Builder::from_env()
+        .with_url(url.as_str())
+        .with_retry(retry_config());
+    configure(
+        builder,
+        &file.s3,
+        "s3",
+        |b, k, v| b.with_config(k, v),
+        AmazonS3ConfigKey::Client,
+    )
 }
 
 fn gcs_builder(url: &Url, file: &ConfigFile) -> Result<GoogleCloudStorageBuilder, Error> {
-    let mut builder = GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
-    for (key, value) in file_settings::<GoogleConfigKey>(&file.gcs, "gcs")? {
-        builder = builder.with_config(key, value);
-    }
-    let client = |key| GoogleConfigKey::Client(key);
-    Ok(builder
-        .with_retry(retry_config())
-        .with_config(client(ClientConfigKey::ConnectTimeout), CONNECT_TIMEOUT)
-        .with_config(client(ClientConfigKey::Timeout), REQUEST_TIMEOUT))
+    let builder = GoogleCloudStorageBuilder::from_env()
+        .with_url(url.as_str())
+        .with_retry(retry_config());
+    configure(
+        builder,
+        &file.gcs,
+        "gcs",
+        |b, k, v| b.with_config(k, v),
+        GoogleConfigKey::Client,
+    )
 }
 
 fn azure_builder(url: &Url, file: &ConfigFile) -> Result<MicrosoftAzureBuilder, Error> {
-    let mut builder = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
-    for (key, value) in file_settings::<AzureConfigKey>(&file.azure, "azure")? {
-        builder = builder.with_config(key, value);
+    let builder = MicrosoftAzureBuilder::from_env()
+        .with_url(url.as_str())
+        .with_retry(retry_config());
+    configure(
+        builder,
+        &file.azure,
+        "azure",
+        |b, k, v| b.with_config(k, v),
+        AzureConfigKey::Client,
+    )
+}
+
+/// Adds to a builder made from the environment the settings of its config
+/// table that the environment leaves unset, then the timeouts. The three
+/// clouds' builders share no trait, so `set` is each one's `with_config`.
+fn configure<B, K>(
+    mut builder: B,
+    table: &HashMap<String, String>,
+    name: &str,
+    set: impl Fn(B, K, String) -> B,
+    client: impl Fn(ClientConfigKey) -> K,
+) -> Result<B, Error>
+where
+    K: std::str::FromStr + AsRef<str>,
+{
+    for (key, value) in file_settings::<K>(table, name)? {
+        builder = set(builder, key, value);
     }
-    let client = |key| AzureConfigKey::Client(key);
-    Ok(builder
-        .with_retry(retry_config())
-        .with_config(client(ClientConfigKey::ConnectTimeout), CONNECT_TIMEOUT)
-        .with_config(client(ClientConfigKey::Timeout), REQUEST_TIMEOUT))
+    builder = set(builder, client(ClientConfigKey::ConnectTimeout), CONNECT_TIMEOUT.into());
+    Ok(set(builder, client(ClientConfigKey::Timeout), REQUEST_TIMEOUT.into()))
 }
 
 /// A store that does not answer fails within seconds, not minutes.
