@@ -50,14 +50,7 @@ fn az_in_az_out_every_row_every_error_incremental_and_no_key() {
     let azurite = Azurite::start();
     azurite.create_container("lake");
     let store = azurite.store("lake");
-    let mut uploaded = HashSet::new();
-    for class in CLASSES {
-        for image in class_images(class).into_iter().take(PER_CLASS) {
-            let key = format!("raw/{class}/{}", image.file_name().unwrap().to_str().unwrap());
-            put(&store, &key, std::fs::read(&image).unwrap());
-            uploaded.insert(format!("az://lake/{key}"));
-        }
-    }
+    let uploaded = common::s3::upload_classes(&store, "az://lake", "raw", &CLASSES, PER_CLASS);
     put(&store, "raw/Kiwi 1/empty.jpg", Vec::new());
     put(&store, "raw/Kiwi 1/text.jpg", b"not an image".to_vec());
 

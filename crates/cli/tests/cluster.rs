@@ -262,16 +262,9 @@ fn executors_limited_to_their_prefixes_refuse_plans_that_read_elsewhere() {
     common::link_class_images("Banana 1", 5, &elsewhere.join("in"));
     let limit = vec!["--allow-prefix".to_string(), allowed.display().to_string()];
     let cluster = Cluster::start_with(1, 2, &limit);
-    let featurize = |input: &Path, out: &Path| {
-        let mut cmd = fruits();
-        cmd.arg("featurize")
-            .arg("--input")
-            .arg(input)
-            .arg("--output")
-            .arg(out)
-            .args(["--rows-per-task", "8", "--cluster", &cluster.url()]);
-        cmd
-    };
+    let url = cluster.url();
+    let featurize =
+        |input: &Path, out: &Path| common::featurize(input, out, &["--rows-per-task", "8", "--cluster", &url]);
     // Inside its prefixes the cluster works as ever.
     run_ok(&mut featurize(&allowed.join("in"), &allowed.join("out")));
     assert_eq!(rows(&allowed.join("out")).len(), 20);

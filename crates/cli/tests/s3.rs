@@ -25,14 +25,7 @@ fn s3_in_s3_out_every_row_and_every_error_and_no_secret() {
     let server = S3Server::start();
     server.create_bucket("lake");
     let store = server.store("lake");
-    let mut uploaded = HashSet::new();
-    for class in CLASSES {
-        for image in class_images(class).into_iter().take(PER_CLASS) {
-            let key = format!("raw/Training/{class}/{}", image.file_name().unwrap().to_str().unwrap());
-            put(&store, &key, std::fs::read(&image).unwrap());
-            uploaded.insert(format!("s3://lake/{key}"));
-        }
-    }
+    let uploaded = common::s3::upload_classes(&store, "s3://lake", "raw/Training", &CLASSES, PER_CLASS);
     let real = std::fs::read(&class_images("Kiwi 1")[0]).unwrap();
     let broken = [
         ("empty.jpg", Vec::new()),

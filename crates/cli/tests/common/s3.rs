@@ -158,6 +158,27 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Puts the first `per_class` shared images of each class under
+/// `prefix/<class>/` in `store`; returns their URIs, written `root/key`
+/// (`root` is e.g. `s3://lake`).
+pub fn upload_classes(
+    store: &Arc<dyn ObjectStore>,
+    root: &str,
+    prefix: &str,
+    classes: &[&str],
+    per_class: usize,
+) -> std::collections::HashSet<String> {
+    let mut uploaded = std::collections::HashSet::new();
+    for class in classes {
+        for image in super::class_images(class).into_iter().take(per_class) {
+            let key = format!("{prefix}/{class}/{}", image.file_name().unwrap().to_str().unwrap());
+            put(store, &key, std::fs::read(&image).unwrap());
+            uploaded.insert(format!("{root}/{key}"));
+        }
+    }
+    uploaded
+}
+
 pub fn put(store: &Arc<dyn ObjectStore>, key: &str, bytes: Vec<u8>) {
     block_on(store.put(&Path::from(key), PutPayload::from(bytes))).unwrap();
 }

@@ -187,6 +187,14 @@ mod tests {
         }
     }
 
+    /// A store's error with the response it got, as object_store reports one.
+    fn generic(store: &'static str, body: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store,
+            source: body.to_string().into(),
+        }
+    }
+
     #[test]
     fn kinds_come_from_variants_and_s3_codes() {
         assert_eq!(Fault::of(&not_found("404")), Fault::NotFound);
@@ -197,42 +205,35 @@ mod tests {
             source: "403".into(),
         };
         assert_eq!(Fault::of(&denied), Fault::AccessDenied);
-        let generic = object_store::Error::Generic {
-            store: "S3",
-            source: "400 Bad Request: <Error><Code>InvalidAccessKeyId</Code></Error>".into(),
-        };
-        assert_eq!(Fault::of(&generic), Fault::AccessDenied);
-        let other = object_store::Error::Generic {
-            store: "S3",
-            source: "500 Internal Server Error".into(),
-        };
+        let bad_key = generic("S3", "400 Bad Request: <Error><Code>InvalidAccessKeyId</Code></Error>");
+        assert_eq!(Fault::of(&bad_key), Fault::AccessDenied);
+        let other = generic("S3", "500 Internal Server Error");
         assert_eq!(Fault::of(&other), Fault::Other);
-        let azure = object_store::Error::Generic {
-            store: "MicrosoftAzure",
-            source: "404 Not Found: <Error><Code>ContainerNotFound</Code></Error>".into(),
-        };
+        let azure = generic(
+            "MicrosoftAzure",
+            "404 Not Found: <Error><Code>ContainerNotFound</Code></Error>",
+        );
         assert_eq!(Fault::of(&azure), Fault::NoBucket);
-        let azure_denied = object_store::Error::Generic {
-            store: "MicrosoftAzure",
-            source: "403 Forbidden: <Error><Code>AuthenticationFailed</Code></Error>".into(),
-        };
+        let azure_denied = generic(
+            "MicrosoftAzure",
+            "403 Forbidden: <Error><Code>AuthenticationFailed</Code></Error>",
+        );
         assert_eq!(Fault::of(&azure_denied), Fault::AccessDenied);
-        let no_credentials = object_store::Error::Generic {
-            store: "GCS",
-            source: "Error performing token request: Error performing GET http://169.254.169.254/computeMetadata/v1/\
-                     instance/service-accounts/default/token: tcp connect error: Connection refused"
-                .into(),
-        };
+        let no_credentials = generic(
+            "GCS",
+            "Error performing token request: Error performing GET http://169.254.169.254/computeMetadata/v1/\
+                     instance/service-accounts/default/token: tcp connect error: Connection refused",
+        );
         assert_eq!(
             Fault::of(&no_credentials),
             Fault::NoCredentials,
             "not the storage endpoint's fault"
         );
         assert!(Fault::NoCredentials.is_permanent());
-        let no_aws_role = object_store::Error::Generic {
-            store: "S3",
-            source: "Error performing PUT http://169.254.169.254/latest/api/token in 1ms - 403 Forbidden".into(),
-        };
+        let no_aws_role = generic(
+            "S3",
+            "Error performing PUT http://169.254.169.254/latest/api/token in 1ms - 403 Forbidden",
+        );
         assert_eq!(Fault::of(&no_aws_role), Fault::NoCredentials);
         assert!(Fault::NoBucket.is_permanent() && !Fault::Unreachable { refused: true }.is_permanent());
     }
